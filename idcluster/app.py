@@ -1,0 +1,62 @@
+"""Glue between the composed config and the pipeline: build a Spec, run, export, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from . import pipeline
+from .config import build, params
+from .export import JSON_NAME, export, prepare_output, write_json_atomic
+from .report import build_report, print_summary
+
+STAGE_GROUPS = {"detect": ("detector",), "embed": ("detector", "embedder"), "cluster": ("detector", "embedder", "reducer", "clusterer")}
+
+
+def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Spec:
+    groups = STAGE_GROUPS[until]
+    parts = {g: build(cfg, g) for g in groups}
+    input_dir = Path(cfg.input_dir).expanduser()
+    output_dir = Path(cfg.output_dir).expanduser()
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    return pipeline.Spec(
+        input_dir=input_dir,
+        cache_dir=cache_dir,
+        detector=parts["detector"],
+        embedder=parts.get("embedder"),
+        reducer=parts.get("reducer"),
+        clusterer=parts.get("clusterer"),
+        params={g: params(cfg, g) for g in groups},
+        select=cfg.faces.select,
+        min_face_size=float(cfg.faces.min_face_size),
+        blur_threshold=float(cfg.faces.blur_threshold),
+        workers=pipeline.default_workers(int(cfg.workers)),
+        exclude=[output_dir, cache_dir],  # outputs placed inside the input are not inputs
+        progress=progress,
+    )
+
+
+def run_stage(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Result:
+    return pipeline.run(make_spec(cfg, until, progress), until=until)
+
+
+def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progress: bool = True) -> dict:
+    """Run everything (or read it all from cache), export folders and the JSON; return the report."""
+    spec = make_spec(cfg, "cluster", progress)
+    output_dir = Path(cfg.output_dir).expanduser()
+    # Check the output before hours of work, not after.
+    prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
+    result = pipeline.run(spec, until="cluster", cached_only=cached_only)
+    t0 = time.perf_counter()
+    prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
+    export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress)
+    result.timings["export"] = time.perf_counter() - t0
+    models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
+    report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(), output_dir.resolve())
+    write_json_atomic(output_dir / JSON_NAME, report)
+    print_summary(report, console)
+    console.print(f"wrote {output_dir / JSON_NAME}")
+    return report

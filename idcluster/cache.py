@@ -1,0 +1,91 @@
+"""Content-addressed stage cache (after DVC's run cache).
+
+Key = SHA-256 of the sorted JSON of a stage's inputs and params. Entries live in
+two-character fan-out folders `<root>/<stage>/<ab>/<rest>.<ext>`, are written to
+a temp file and renamed into place (atomic on POSIX and Windows), and a
+corrupt entry is a warning and a miss, never a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(*parts: Any) -> str:
+    """Stable key for JSON-able parts (dict key order does not matter)."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class StageCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    def path(self, stage: str, key: str, ext: str) -> Path:
+        return self.root / stage / key[:2] / f"{key[2:]}.{ext}"
+
+    def _write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _read(self, path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _corrupt(self, path: Path, err: Exception) -> None:
+        log.warning("corrupt cache entry %s (%s): recomputing", path, type(err).__name__)
+        path.unlink(missing_ok=True)
+
+    # JSON entries (detections, small records)
+    def get_json(self, stage: str, key: str) -> Any | None:
+        path = self.path(stage, key, "json")
+        data = self._read(path)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)["value"]
+        except (ValueError, KeyError, TypeError) as e:
+            self._corrupt(path, e)
+            return None
+
+    def put_json(self, stage: str, key: str, value: Any) -> None:
+        self._write(self.path(stage, key, "json"), json.dumps({"value": value}).encode("utf-8"))
+
+    # Array entries (embeddings, reductions, cluster labels)
+    def get_arrays(self, stage: str, key: str) -> dict[str, np.ndarray] | None:
+        path = self.path(stage, key, "npz")
+        data = self._read(path)
+        if data is None:
+            return None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            self._corrupt(path, e)
+            return None
+
+    def put_arrays(self, stage: str, key: str, **arrays: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        self._write(self.path(stage, key, "npz"), buf.getvalue())

@@ -1,0 +1,28 @@
+"""The `idcluster` command: one module per subcommand, Hydra overrides as arguments."""
+
+from __future__ import annotations
+
+import typer
+
+from .cluster import cluster
+from .common import OVERRIDES_CONTEXT, groups_epilog
+from .demo import demo
+from .detect import detect
+from .embed import embed
+from .export import export
+
+app = typer.Typer(
+    name="idcluster",
+    help="Group images of characters by who they are: one folder per identity.",
+    epilog=groups_epilog(),
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+for command in (detect, embed, cluster, export, demo):
+    app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,61 @@
+"""Shared CLI plumbing: override arguments, error handling, logging."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ..config import GROUPS, group_options
+from ..errors import IdclusterError
+
+out = Console()
+err = Console(stderr=True)
+
+# Commands take Hydra overrides as free arguments (`group=option key=value`).
+OVERRIDES_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
+Overrides = typer.Argument(None, help="Hydra overrides: group=option, key=value, +new.key=value", show_default=False)
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def groups_epilog() -> str:
+    lines = ["Config groups (choose with group=option; defaults first in conf/config.yaml):"]
+    for g in GROUPS:
+        lines.append(f"  {g}: {', '.join(group_options(g))}")
+    lines.append("Any key of the composed config can be overridden, e.g. clusterer.min_cluster_size=5.")
+    return "\n\n".join(lines)
+
+
+def setup_logging() -> None:
+    root = logging.getLogger("idcluster")
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def handle_errors(fn):
+    """User-caused failures: one line on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except IdclusterError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: finished images are cached; run the same command again to resume", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def overrides_list(overrides: Optional[list[str]]) -> list[str]:
+    return list(overrides or [])

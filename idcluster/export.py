@@ -1,0 +1,158 @@
+"""Materialise a clustering as folders: identity_NNN/ (largest first), noise/, faces/.
+
+Input files are copied, hard-linked or symlinked, never moved or deleted. An
+existing export is replaced only with export.overwrite=true, and then only the
+folders and file this module writes are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import cv2
+
+from .errors import InputError
+from .images import ImageDecodeError, load_image
+from .progress import stage_bar
+from .records import ImageRecord
+
+log = logging.getLogger(__name__)
+
+JSON_NAME = "identity_clustering.json"
+NOISE, FACES = "noise", "faces"
+MODES = ("copy", "hardlink", "symlink")
+_MANAGED_DIR = re.compile(r"^(identity_\d{3,}|noise|faces)$")
+
+
+def identity_names(n_clusters: int) -> list[str]:
+    width = max(3, len(str(max(n_clusters - 1, 0))))
+    return [f"identity_{i:0{width}d}" for i in range(n_clusters)]
+
+
+def flat_name(rel_path: str) -> str:
+    """Unique file name for an input path: sub/dir/img.jpg -> sub__dir__img.jpg."""
+    return rel_path.replace("/", "__")
+
+
+def _managed(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and _MANAGED_DIR.match(p.name)]
+    if (output_dir / JSON_NAME).exists():
+        found.append(output_dir / JSON_NAME)
+    return sorted(found)
+
+
+def prepare_output(output_dir: Path, input_dir: Path, overwrite: bool, check_only: bool = False) -> None:
+    """Refuse to clobber an earlier export unless asked; never touch the input.
+
+    check_only validates without removing anything (run it before the long
+    stages, remove the old export only once the new one is ready to write).
+    """
+    output_dir, input_dir = output_dir.resolve(), input_dir.resolve()
+    if output_dir == input_dir:
+        raise InputError("output_dir must be a different folder from input_dir")
+    old = _managed(output_dir)
+    if not old:
+        return
+    if not overwrite:
+        raise InputError(f"output_dir already holds an export ({output_dir / JSON_NAME}); add export.overwrite=true to replace it")
+    for p in old:
+        if p.is_dir() and (input_dir == p.resolve() or p.resolve() in input_dir.parents):
+            raise InputError(f"refusing to replace {p}: it contains input_dir")
+    if check_only:
+        return
+    for p in old:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+class _Linker:
+    def __init__(self, mode: str):
+        if mode not in MODES:
+            raise InputError(f"export.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
+
+    def __call__(self, src: Path, dst: Path) -> None:
+        if self.mode == "hardlink":
+            try:
+                os.link(src, dst)
+                return
+            except OSError as e:
+                log.warning("hard link failed (%s): copying files instead", e.strerror)
+                self.mode = "copy"
+        if self.mode == "symlink":
+            os.symlink(src.resolve(), dst)
+            return
+        shutil.copy2(src, dst)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def export(
+    records: list[ImageRecord],
+    output_dir: Path,
+    mode: str = "copy",
+    save_faces: bool = False,
+    aligner=None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Copy/link every input into its identity folder or noise/; returns folder sizes.
+
+    Sets no state on records except through the returned mapping; output paths
+    are derived from labels, so this is a pure view of the clustering.
+    """
+    link = _Linker(mode)
+    n_clusters = max((r.label for r in records), default=-1) + 1
+    names = identity_names(n_clusters)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in names + [NOISE]:
+        (output_dir / name).mkdir(exist_ok=True)
+    sizes: Counter = Counter()
+    with stage_bar("export", len(records), progress) as bar:
+        for rec in records:
+            folder = names[rec.label] if rec.label >= 0 else NOISE
+            sizes[folder] += 1
+            src = Path(rec.path)
+            try:
+                link(src, output_dir / folder / flat_name(rec.rel_path))
+            except OSError as e:
+                log.warning("could not export %s: %s", rec.rel_path, e.strerror or e)
+            if save_faces and aligner is not None and rec.face is not None:
+                _save_face(rec, aligner, output_dir / FACES / folder)
+            bar.advance()
+    return dict(sizes)
+
+
+def _save_face(rec: ImageRecord, aligner, folder: Path) -> None:
+    try:
+        image = load_image(rec.path)
+    except ImageDecodeError:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    chip = aligner.align(image, rec.face)
+    cv2.imwrite(str(folder / (Path(flat_name(rec.rel_path)).stem + ".png")), chip[:, :, ::-1])
+
+
+def output_path(rec: ImageRecord, names: list[str]) -> str:
+    folder = names[rec.label] if rec.label >= 0 else NOISE
+    return f"{folder}/{flat_name(rec.rel_path)}"

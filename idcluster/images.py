@@ -1,0 +1,61 @@
+"""Decode any common image file into an 8-bit RGB array.
+
+Pillow handles the formats (PNG, JPEG, WebP, BMP, PGM, TIFF, ...); this module
+normalises what they decode to: EXIF orientation applied, greyscale and palette
+expanded to RGB, alpha composited on a neutral grey, 16-bit scaled to 8-bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Neutral grey behind transparent pixels: neither black nor white, so instance
+# crops with cut-out backgrounds do not look like dark/bright faces.
+NEUTRAL_BACKGROUND = (128, 128, 128)
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # allow large photos, still stop decompression bombs
+
+
+class ImageDecodeError(Exception):
+    """The file is not an image Pillow can decode."""
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        hi = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
+        return np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+    # 16/32-bit integers: scale by the type's range (16-bit PNG/TIFF/PGM).
+    hi = 65535 if arr.max(initial=0) > 255 or arr.dtype in (np.uint16, np.int32) else 255
+    return np.clip(arr.astype(np.float64) / hi * 255.0, 0, 255).astype(np.uint8)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Return an HxWx3 uint8 RGB array, or raise ImageDecodeError."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return pil_to_rgb(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, NEUTRAL_BACKGROUND + (255,))
+        return np.asarray(Image.alpha_composite(bg, im).convert("RGB"))
+    if im.mode in ("RGB", "L", "P", "CMYK", "YCbCr", "1", "LAB", "HSV"):
+        return np.asarray(im.convert("RGB"))
+    # High bit depth modes (I;16, I;16B, I, F): scale to 8 bits ourselves,
+    # Pillow's convert("L") clips instead of scaling.
+    arr = _to_uint8(np.asarray(im))
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3])

@@ -1,0 +1,51 @@
+"""Clustering quality against ground truth: pairwise and BCubed precision/recall/F1.
+
+Noise (label -1) counts as singleton clusters, so an image left in noise is
+never credited as grouped with anything.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from sklearn.metrics.cluster import pair_confusion_matrix
+
+
+def noise_as_singletons(labels) -> np.ndarray:
+    labels = np.asarray(labels).copy()
+    noise = labels < 0
+    labels[noise] = labels.max(initial=-1) + 1 + np.arange(noise.sum())
+    return labels
+
+
+def _f1(p: float, r: float) -> float:
+    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def pairwise_prf(truth, labels) -> tuple[float, float, float]:
+    pred = noise_as_singletons(labels)
+    (_, fp), (fn, tp) = pair_confusion_matrix(truth, pred)  # counts ordered pairs
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    return float(p), float(r), _f1(p, r)
+
+
+def bcubed_prf(truth, labels) -> tuple[float, float, float]:
+    truth = np.asarray(truth)
+    pred = noise_as_singletons(labels)
+    joint = Counter(zip(truth.tolist(), pred.tolist()))
+    t_count, p_count = Counter(truth.tolist()), Counter(pred.tolist())
+    # Each item in cell (t, c) has precision n_tc/|c| and recall n_tc/|t|.
+    p = sum(n * n / p_count[c] for (t, c), n in joint.items()) / len(truth)
+    r = sum(n * n / t_count[t] for (t, c), n in joint.items()) / len(truth)
+    return float(p), float(r), _f1(p, r)
+
+
+def score(truth, labels) -> dict[str, float]:
+    pp, pr, pf = pairwise_prf(truth, labels)
+    bp, br, bf = bcubed_prf(truth, labels)
+    return {
+        "pairwise_precision": pp, "pairwise_recall": pr, "pairwise_f1": pf,
+        "bcubed_precision": bp, "bcubed_recall": br, "bcubed_f1": bf,
+    }

@@ -1,0 +1,351 @@
+"""The pipeline: scan -> detect -> select/filter -> embed -> reduce -> cluster.
+
+Stages are functions over ImageRecords and constructed components; this module
+wraps them with the content-addressed cache, a process pool and progress bars.
+Per-image results are cached as each image finishes, so an interrupted run
+resumes where it stopped; set-level results (reduce, cluster) are keyed by the
+hash of their inputs and parameters, so a clusterer change re-runs only
+clustering.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import records as R
+from .cache import StageCache, cache_key
+from .errors import CacheMiss, InputError
+from .faces import blur_score, select_face
+from .images import ImageDecodeError, load_image
+from .progress import stage_bar
+from .records import Face, ImageRecord
+from .scan import scan_folder
+
+log = logging.getLogger(__name__)
+
+# Cache namespaces; bump a version when the stored format changes.
+DETECT, EMBED, REDUCE, CLUSTER = "detect-v1", "embed-v1", "reduce-v1", "cluster-v1"
+# Below this many images to process, a process pool costs more than it saves.
+POOL_MIN_TASKS = 8
+
+
+@dataclass
+class Spec:
+    """Everything a run needs, already constructed (stages never read Hydra config)."""
+
+    input_dir: Path
+    cache_dir: Path
+    detector: Any
+    embedder: Any = None
+    reducer: Any = None
+    clusterer: Any = None
+    params: dict[str, dict] = field(default_factory=dict)  # group -> params that enter cache keys
+    select: str = "largest"
+    min_face_size: float = 0.0
+    blur_threshold: float = 0.0
+    workers: int = 1
+    exclude: list[Path] = field(default_factory=list)  # folders inside input_dir to skip
+    progress: bool = True
+
+
+@dataclass
+class Result:
+    records: list[ImageRecord]
+    embeddings: np.ndarray | None = None  # rows = records with embedding_row set
+    keys: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    computed: Counter = field(default_factory=Counter)  # what was computed (not read from cache)
+
+
+# ---------------------------------------------------------------- per-image work
+
+
+def _detection_entry(faces: list[Face], shape) -> dict:
+    return {"faces": [f.to_dict() for f in faces], "width": int(shape[1]), "height": int(shape[0])}
+
+
+def _apply_detection(rec: ImageRecord, entry: dict) -> None:
+    if entry.get("error"):
+        rec.reason, rec.detail = R.UNREADABLE, entry["error"]
+        return
+    rec.width, rec.height = entry["width"], entry["height"]
+    rec.faces = [Face.from_dict(f) for f in entry["faces"]]
+
+
+def _choose(rec: ImageRecord, spec: Spec) -> None:
+    """Pick the image's face and apply the size filter (pure, cheap: runs every time)."""
+    if rec.reason == R.UNREADABLE:
+        return
+    rec.face_index = select_face(rec.faces, spec.select)
+    if rec.face_index is None:
+        rec.reason, rec.detail = R.NO_FACE, "no face detected"
+    elif rec.face.size < spec.min_face_size:
+        rec.reason = R.FACE_TOO_SMALL
+        rec.detail = f"face {rec.face.size:.0f}px < faces.min_face_size={spec.min_face_size:g}"
+
+
+def _work(spec: Spec, task: dict) -> dict:
+    """Decode one image, detect if needed, and embed its chosen face if needed."""
+    out: dict = {"times": {}}
+    t0 = time.perf_counter()
+    try:
+        image = load_image(task["path"])
+    except ImageDecodeError as e:
+        out["detection"] = {"error": str(e)}
+        out["times"]["decode"] = time.perf_counter() - t0
+        return out
+    t1 = time.perf_counter()
+    out["times"]["decode"] = t1 - t0
+    entry = task["detection"]
+    if entry is None:
+        entry = out["detection"] = _detection_entry(spec.detector.detect(image), image.shape)
+        out["times"]["detect"] = time.perf_counter() - t1
+    if task["embed"]:
+        rec = ImageRecord(path=task["path"], rel_path="", size=0)
+        _apply_detection(rec, entry)
+        _choose(rec, spec)
+        if rec.reason is None:
+            t2 = time.perf_counter()
+            chip = spec.embedder.align(image, rec.face)
+            out["face_index"] = rec.face_index
+            out["blur"] = blur_score(chip)
+            out["embedding"] = spec.embedder.embed([chip])[0]
+            out["times"]["embed"] = time.perf_counter() - t2
+    return out
+
+
+_WORKER_SPEC: Spec | None = None
+
+
+def _init_worker(blob: bytes) -> None:
+    global _WORKER_SPEC
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    import cv2
+
+    cv2.setNumThreads(1)  # one image per core; no nested thread pools
+    _WORKER_SPEC = pickle.loads(blob)
+
+
+def _work_in_pool(task: dict) -> dict:
+    return _work(_WORKER_SPEC, task)
+
+
+def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
+    """Run tasks inline or on a process pool, calling on_result(task, out) in the parent."""
+    with stage_bar(label, len(tasks), spec.progress) as bar:
+        if spec.workers <= 1 or len(tasks) < POOL_MIN_TASKS:
+            for task in tasks:
+                on_result(task, _work(spec, task))
+                bar.advance()
+            return
+        worker_spec = Spec(**{**spec.__dict__, "progress": False})
+        if getattr(worker_spec.detector, "threads", None) == 0:
+            worker_spec.detector.threads = 1
+        blob = pickle.dumps(worker_spec)
+        pending: dict = {}
+        queue = iter(tasks)
+        window = spec.workers * 4  # bounded in-flight work keeps memory flat on huge folders
+        with ProcessPoolExecutor(max_workers=spec.workers, initializer=_init_worker, initargs=(blob,)) as pool:
+            try:
+                while True:
+                    while len(pending) < window:
+                        task = next(queue, None)
+                        if task is None:
+                            break
+                        pending[pool.submit(_work_in_pool, task)] = task
+                    if not pending:
+                        break
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        on_result(pending.pop(fut), fut.result())
+                        bar.advance()
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
+# ---------------------------------------------------------------- stages
+
+
+def scan(spec: Spec) -> list[ImageRecord]:
+    return scan_folder(spec.input_dir, exclude=spec.exclude)
+
+
+def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, result: Result, cached_only: bool = False) -> dict[int, np.ndarray]:
+    """Fill faces (and embeddings when spec.embedder is set) for every readable record.
+
+    Returns {record index: embedding}. Cache entries are written as each image
+    finishes; with cached_only a missing entry raises CacheMiss.
+    """
+    want_embed = spec.embedder is not None
+    det_id = [spec.detector.model_id, spec.params.get("detector", {})]
+    emb_id = [spec.embedder.model_id, spec.params.get("embedder", {})] if want_embed else None
+    dkeys: dict[int, str] = {}
+    vectors: dict[int, np.ndarray] = {}
+    ekeys: dict[int, str] = {}
+    tasks: list[dict] = []
+
+    def embed_key(i: int, face_index: int) -> str:
+        return cache_key("embed", dkeys[i], face_index, emb_id)
+
+    def lookup_embedding(i: int, rec: ImageRecord) -> bool:
+        """True when the record needs no embedding work (cached, or filtered out)."""
+        _choose(rec, spec)
+        if rec.reason is not None:
+            return True
+        ekeys[i] = embed_key(i, rec.face_index)
+        hit = cache.get_arrays(EMBED, ekeys[i])
+        if hit is None:
+            return False
+        vectors[i], rec.blur = hit["embedding"], float(hit["blur"])
+        return True
+
+    for i, rec in enumerate(records):
+        if rec.reason == R.UNREADABLE:
+            continue
+        dkeys[i] = cache_key("detect", rec.sha256, det_id)
+        entry = cache.get_json(DETECT, dkeys[i])
+        if entry is not None:
+            _apply_detection(rec, entry)
+            if not want_embed or lookup_embedding(i, rec):
+                continue
+        tasks.append({"index": i, "path": rec.path, "detection": entry, "embed": want_embed})
+
+    if tasks and cached_only:
+        stage = "detection" if any(t["detection"] is None for t in tasks) else "embedding"
+        raise CacheMiss(f"no cached {stage} for {len(tasks)} image(s) with this config: run `idcluster cluster` with the same overrides first")
+
+    def on_result(task: dict, out: dict) -> None:
+        i = task["index"]
+        rec = records[i]
+        for k, v in out["times"].items():
+            result.timings[k] = result.timings.get(k, 0.0) + v
+        if "detection" in out:
+            cache.put_json(DETECT, dkeys[i], out["detection"])
+            result.computed["detect"] += 1
+            _apply_detection(rec, out["detection"])
+        if want_embed:
+            _choose(rec, spec)
+            if "embedding" in out:
+                ekeys[i] = embed_key(i, out["face_index"])
+                cache.put_arrays(EMBED, ekeys[i], embedding=out["embedding"], blur=np.float64(out["blur"]))
+                result.computed["embed"] += 1
+                vectors[i], rec.blur = out["embedding"], out["blur"]
+
+    t0 = time.perf_counter()
+    _run_tasks(spec, tasks, on_result, "embed" if want_embed else "detect")
+    result.timings["faces_wall"] = time.perf_counter() - t0
+
+    if want_embed and spec.blur_threshold > 0:
+        for i, rec in enumerate(records):
+            if i in vectors and rec.blur is not None and rec.blur < spec.blur_threshold:
+                rec.reason = R.BLURRY
+                rec.detail = f"blur {rec.blur:.1f} < faces.blur_threshold={spec.blur_threshold:g}"
+                del vectors[i]
+    result.keys["embeddings"] = cache_key([ekeys[i] for i in sorted(vectors)])
+    return vectors
+
+
+def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Cluster 0 is the largest (ties: first seen), noise stays -1."""
+    ids = [l for l in dict.fromkeys(labels.tolist()) if l >= 0]
+    order = sorted(ids, key=lambda l: -int((labels == l).sum()))
+    mapping = {old: new for new, old in enumerate(order)}
+    return np.array([mapping.get(l, -1) for l in labels.tolist()], dtype=np.int64)
+
+
+def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Result, cached_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (largest cluster = 0, noise = -1) and membership probabilities for rows of X."""
+    rkey = cache_key("reduce", result.keys["embeddings"], spec.params.get("reducer", {}))
+    ckey = cache_key("cluster", rkey, spec.params.get("clusterer", {}))
+    result.keys.update(reduce=rkey, cluster=ckey)
+
+    hit = cache.get_arrays(CLUSTER, ckey)
+    if hit is not None:
+        return hit["labels"], hit["probabilities"]
+    if cached_only:
+        raise CacheMiss("no cached clustering for this config: run `idcluster cluster` with the same overrides first")
+
+    t0 = time.perf_counter()
+    reduced = cache.get_arrays(REDUCE, rkey)
+    if reduced is None:
+        try:
+            Z = np.asarray(spec.reducer.fit_transform(X), dtype=np.float32)
+        except ValueError as e:
+            raise InputError(f"reducer failed on {len(X)} faces: {e}") from None
+        cache.put_arrays(REDUCE, rkey, Z=Z)
+        result.computed["reduce"] += 1
+    else:
+        Z = reduced["Z"]
+    result.timings["reduce"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if len(Z) < 2:
+        labels, probs = np.full(len(Z), -1, np.int64), np.zeros(len(Z))
+    else:
+        try:
+            raw = np.asarray(spec.clusterer.fit_predict(Z))
+        except ValueError as e:
+            raise InputError(f"clusterer failed on {len(Z)} faces: {e}") from None
+        labels = _relabel_by_size(raw)
+        probs = getattr(spec.clusterer, "probabilities_", None)
+        probs = np.where(labels >= 0, 1.0, 0.0) if probs is None else np.asarray(probs, dtype=np.float64)
+    cache.put_arrays(CLUSTER, ckey, labels=labels, probabilities=probs)
+    result.computed["cluster"] += 1
+    result.timings["cluster"] = time.perf_counter() - t0
+    return labels, probs
+
+
+def run(spec: Spec, until: str = "cluster", cached_only: bool = False) -> Result:
+    """Run the stages up to `until` (detect | embed | cluster) over spec.input_dir."""
+    cache = StageCache(spec.cache_dir)
+    t0 = time.perf_counter()
+    records = scan(spec)
+    result = Result(records=records, timings={"scan": time.perf_counter() - t0})
+
+    if until == "detect":
+        spec = Spec(**{**spec.__dict__, "embedder": None})
+    vectors = detect_and_embed(spec, records, cache, result, cached_only=cached_only)
+    for rec in records:
+        if until == "detect" and rec.reason is None:
+            _choose(rec, spec)
+    if until == "detect":
+        return result
+
+    order = sorted(vectors)
+    for row, i in enumerate(order):
+        records[i].embedding_row = row
+    dim = getattr(spec.embedder, "dim", 0)
+    result.embeddings = np.stack([vectors[i] for i in order]).astype(np.float32) if order else np.zeros((0, dim), np.float32)
+    if until == "embed":
+        return result
+
+    if not order:
+        raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")
+    labels, probs = reduce_and_cluster(spec, result.embeddings, cache, result, cached_only=cached_only)
+    for row, i in enumerate(order):
+        rec = records[i]
+        rec.label, rec.probability = int(labels[row]), float(probs[row])
+        if rec.label < 0:
+            rec.reason, rec.detail = R.CLUSTER_NOISE, "not close enough to any cluster"
+    return result
+
+
+def _reason_summary(records: list[ImageRecord]) -> str:
+    counts = Counter(r.reason for r in records if r.reason)
+    return ", ".join(f"{n} {k}" for k, n in counts.most_common()) or "none"
+
+
+def default_workers(workers: int) -> int:
+    return workers if workers > 0 else (os.cpu_count() or 1)
