@@ -79,9 +79,12 @@ class StageCache:
         if data is None:
             return None
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:  # a bare .npy: TypeError
+                arrays = {k: z[k] for k in z.files}
+            if not all(isinstance(a, np.ndarray) for a in arrays.values()):
+                raise ValueError("member is not an .npy array")  # NpzFile returns raw bytes
+            return arrays
+        except (ValueError, TypeError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
             self._corrupt(path, e)
             return None
 

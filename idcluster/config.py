@@ -31,6 +31,12 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def default_options() -> dict[str, str]:
+    """group -> option chosen by conf/config.yaml's defaults list."""
+    defaults = OmegaConf.load(conf_dir() / "config.yaml").get("defaults", [])
+    return {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
+
+
 def _one_line(e: BaseException) -> str:
     msg = " ".join(str(e).split())
     for tail in (" full_key:", " Config search path:", " See https://hydra.cc"):

@@ -31,8 +31,9 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         hi = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
         return np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
-    # 16/32-bit integers: scale by the type's range (16-bit PNG/TIFF/PGM).
-    hi = 65535 if arr.max(initial=0) > 255 or arr.dtype in (np.uint16, np.int32) else 255
+    # 16/32-bit integers (16-bit PNG/TIFF/PGM decode as I;16 or I): scale by the
+    # 16-bit range, whatever the byte order; wider values by their maximum.
+    hi = max(65535, int(arr.max(initial=0)))
     return np.clip(arr.astype(np.float64) / hi * 255.0, 0, 255).astype(np.uint8)
 
 

@@ -224,7 +224,7 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
 
     if tasks and cached_only:
         stage = "detection" if any(t["detection"] is None for t in tasks) else "embedding"
-        raise CacheMiss(f"no cached {stage} for {len(tasks)} image(s) with this config: run `idcluster cluster` with the same overrides first")
+        raise CacheMiss(f"no cached {stage} for {len(tasks)} image(s) with this config in {cache.root}: run `idcluster cluster` with the same overrides first")
 
     def on_result(task: dict, out: dict) -> None:
         i = task["index"]
@@ -275,7 +275,7 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
     if hit is not None:
         return hit["labels"], hit["probabilities"]
     if cached_only:
-        raise CacheMiss("no cached clustering for this config: run `idcluster cluster` with the same overrides first")
+        raise CacheMiss(f"no cached clustering for this config in {cache.root}: run `idcluster cluster` with the same overrides first")
 
     t0 = time.perf_counter()
     reduced = cache.get_arrays(REDUCE, rkey)

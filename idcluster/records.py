@@ -32,8 +32,8 @@ class Face:
 
     @property
     def size(self) -> float:
-        """Shorter side of the box: the face size filters compare against."""
-        return min(self.width, self.height)
+        """Longer side of the box (RetinaFace boxes run brow to chin): what min_face_size compares."""
+        return max(self.width, self.height)
 
     def landmarks_array(self) -> np.ndarray:
         return np.asarray(self.landmarks, dtype=np.float32).reshape(5, 2)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from ..config import GROUPS, group_options
+from ..config import GROUPS, default_options, group_options
 from ..errors import IdclusterError
 
 out = Console()
@@ -23,9 +23,11 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
 def groups_epilog() -> str:
-    lines = ["Config groups (choose with group=option; defaults first in conf/config.yaml):"]
+    lines = ["Config groups (choose with group=option, * = default):"]
+    defaults = default_options()
     for g in GROUPS:
-        lines.append(f"  {g}: {', '.join(group_options(g))}")
+        opts = [o + ("*" if o == defaults.get(g) else "") for o in group_options(g)]
+        lines.append(f"  {g}: {', '.join(opts)}")
     lines.append("Any key of the composed config can be overridden, e.g. clusterer.min_cluster_size=5.")
     return "\n\n".join(lines)
 

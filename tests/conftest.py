@@ -1,0 +1,55 @@
+"""Shared fixtures: a labelled instance folder of real faces, eval-set access, CLI helpers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from idcluster.config import load_config
+from idcluster.demo_data import build_demo_set
+from idcluster.detectors.retinaface import RetinaFaceDetector
+
+EVAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "eval"
+
+
+@pytest.fixture(scope="session")
+def demo_set(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """56 crops of 7 real people (insightface's shipped photos, 8 augmentations each), with truth."""
+    root = tmp_path_factory.mktemp("demo")
+    return build_demo_set(root, RetinaFaceDetector())
+
+
+@pytest.fixture
+def small_set(demo_set, tmp_path) -> tuple[Path, dict[str, str]]:
+    """A private copy of 3 augmentations x 7 people (21 images): tests may add files to it."""
+    src, truth = demo_set
+    dest = tmp_path / "small"
+    dest.mkdir()
+    keep = []
+    for identity in sorted(set(truth.values())):
+        keep += [n for n in sorted(truth) if truth[n] == identity][:3]
+    for name in keep:
+        shutil.copy2(src / name, dest / name)
+    return dest, {n: truth[n] for n in keep}
+
+
+@pytest.fixture
+def eval_root() -> Path:
+    if not EVAL_ROOT.is_dir():
+        pytest.skip(f"labelled eval sets not present at {EVAL_ROOT}")
+    return EVAL_ROOT
+
+
+@pytest.fixture
+def config(tmp_path):
+    """config(input_dir, *overrides): inline workers (so spies see calls), output and cache in tmp_path."""
+
+    def make(input_dir, *overrides):
+        return load_config([
+            f"input_dir={input_dir}", f"output_dir={tmp_path / 'out'}", "workers=1",
+            "clusterer.min_cluster_size=3", *overrides,
+        ])
+
+    return make
