@@ -10,7 +10,7 @@ from rich.console import Console
 
 from . import pipeline
 from .config import build, params
-from .export import JSON_NAME, export, prepare_output, write_json_atomic
+from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
 from .report import build_report, print_summary
 
 STAGE_GROUPS = {"detect": ("detector",), "embed": ("detector", "embedder"), "cluster": ("detector", "embedder", "reducer", "clusterer")}
@@ -48,6 +48,7 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     spec = make_spec(cfg, "cluster", progress)
     output_dir = Path(cfg.output_dir).expanduser()
     # Check the output before hours of work, not after.
+    check_mode(cfg.export.mode)
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
     result = pipeline.run(spec, until="cluster", cached_only=cached_only)
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ def group_options(group: str) -> list[str]:
 
 def default_options() -> dict[str, str]:
     """group -> option chosen by conf/config.yaml's defaults list."""
-    defaults = OmegaConf.load(conf_dir() / "config.yaml").get("defaults", [])
+    defaults = OmegaConf.to_container(OmegaConf.load(conf_dir() / "config.yaml")).get("defaults", [])
     return {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
 
 

@@ -73,11 +73,15 @@ def prepare_output(output_dir: Path, input_dir: Path, overwrite: bool, check_onl
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise InputError(f"export.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
 class _Linker:
     def __init__(self, mode: str):
-        if mode not in MODES:
-            raise InputError(f"export.mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_mode(mode)
 
     def __call__(self, src: Path, dst: Path) -> None:
         if self.mode == "hardlink":

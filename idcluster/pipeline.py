@@ -11,6 +11,7 @@ clustering.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -149,14 +150,18 @@ def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
                 on_result(task, _work(spec, task))
                 bar.advance()
             return
-        worker_spec = Spec(**{**spec.__dict__, "progress": False})
+        # Workers get the per-image parts only; set-level estimators stay here.
+        worker_spec = Spec(**{**spec.__dict__, "progress": False, "reducer": None, "clusterer": None})
         if getattr(worker_spec.detector, "threads", None) == 0:
             worker_spec.detector.threads = 1
         blob = pickle.dumps(worker_spec)
         pending: dict = {}
         queue = iter(tasks)
         window = spec.workers * 4  # bounded in-flight work keeps memory flat on huge folders
-        with ProcessPoolExecutor(max_workers=spec.workers, initializer=_init_worker, initargs=(blob,)) as pool:
+        # spawn, not fork: a fork after onnxruntime/OpenMP threads exist in this
+        # process can deadlock the child (seen here when models ran in the parent first).
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx, initializer=_init_worker, initargs=(blob,)) as pool:
             try:
                 while True:
                     while len(pending) < window:

@@ -1,0 +1,133 @@
+"""The `idcluster` command line, through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from idcluster.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_commands_and_config_groups():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for word in ("detect", "embed", "cluster", "export", "demo"):
+        assert word in result.output
+    result = invoke("cluster", "--help")
+    assert result.exit_code == 0
+    assert "retinaface*" in result.output and "dlib*" in result.output and "facenet" in result.output
+    assert "hdbscan*" in result.output and "pca" in result.output
+
+
+def test_detect_embed_cluster_export(small_set, tmp_path):
+    folder, truth = small_set
+    out = tmp_path / "out"
+    common = [f"input_dir={folder}", f"output_dir={out}", "clusterer.min_cluster_size=3", "--quiet"]
+    result = invoke("detect", *common)
+    assert result.exit_code == 0, result.output
+    assert f"{len(truth)} images: {len(truth)} with a usable face; detected {len(truth)} new" in result.output
+    result = invoke("embed", *common)
+    assert result.exit_code == 0, result.output
+    assert f"{len(truth)} embeddings ({len(truth)} new)" in result.output
+    result = invoke("cluster", *common)
+    assert result.exit_code == 0, result.output
+    assert "7 identities from 21 images" in result.output
+    first = json.loads((out / "identity_clustering.json").read_text())
+    assert first["statistics"]["computed"] == {"reduce": 1, "cluster": 1}  # detect and embed came from the cache
+
+    # export re-materialises from the cache: computes nothing.
+    result = invoke("export", *common, "export.overwrite=true", "export.save_faces=true")
+    assert result.exit_code == 0, result.output
+    again = json.loads((out / "identity_clustering.json").read_text())
+    assert again["statistics"]["computed"] == {}
+    assert again["clusters"] == first["clusters"]
+    assert (out / "faces" / "identity_000").is_dir()
+
+
+def test_export_without_cached_clustering(small_set, tmp_path):
+    folder, _ = small_set
+    result = invoke("export", f"input_dir={folder}", f"output_dir={tmp_path / 'out'}", "--quiet")
+    assert result.exit_code == 2
+    cache = tmp_path / "out" / ".idcluster_cache"
+    assert result.output == (
+        f"error: no cached detection for 21 image(s) with this config in {cache}: "
+        "run `idcluster cluster` with the same overrides first\n"
+    )
+
+
+def test_missing_input_dir(tmp_path):
+    result = invoke("cluster", f"input_dir={tmp_path / 'nope'}")
+    assert result.exit_code == 2
+    assert result.output == f"error: input_dir does not exist: {tmp_path / 'nope'}\n"
+
+
+def test_input_dir_required():
+    result = invoke("cluster")
+    assert result.exit_code == 2
+    assert result.output == "error: input_dir is required: add input_dir=path/to/images\n"
+
+
+def test_empty_input_dir(tmp_path):
+    result = invoke("cluster", f"input_dir={tmp_path}", f"output_dir={tmp_path.parent / 'o'}")
+    assert result.exit_code == 2
+    assert result.output == f"error: input_dir contains no files: {tmp_path}\n"
+
+
+def test_unknown_override(tmp_path):
+    result = invoke("cluster", f"input_dir={tmp_path}", "clusterer.bogus=3")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: bad override: Could not override 'clusterer.bogus'. To append to your config use +clusterer.bogus=3\n"
+    )
+
+
+def test_unknown_group_option(tmp_path):
+    result = invoke("cluster", f"input_dir={tmp_path}", "embedder=nope")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: bad override: In 'config': Could not find 'embedder/nope' "
+        "Available options in 'embedder': dlib facenet\n"
+    )
+
+
+def test_no_faces_anywhere(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
+        Image.new("RGB", (120, 120), colour).save(folder / f"plain_{i}.png")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    result = invoke("cluster", f"input_dir={folder}", f"output_dir={tmp_path / 'out'}", "--quiet")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: no usable face found in any of the 3 input images (2 no_face, 1 unreadable)\n"
+    )
+
+
+def test_corrupt_image_is_reported_not_fatal(small_set, tmp_path):
+    folder, truth = small_set
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "out"
+    result = invoke("cluster", f"input_dir={folder}", f"output_dir={out}", "clusterer.min_cluster_size=3", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "unreadable 1" in result.output
+    rows = {r["rel_path"]: r for r in json.loads((out / "identity_clustering.json").read_text())["images"]}
+    assert rows["corrupt.jpg"]["reason"] == "unreadable" and rows["corrupt.jpg"]["identity"] == "noise"
+    assert (out / "noise" / "corrupt.jpg").is_file()
+
+
+@pytest.mark.slow
+def test_demo(tmp_path):
+    result = invoke("demo", "--dir", tmp_path / "demo", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "demo: 56 instance crops of 7 people" in result.output
+    line = next(l for l in result.output.splitlines() if l.startswith("BCubed F1"))
+    assert float(line.split()[2]) >= 0.95

@@ -1,0 +1,38 @@
+"""Quality floors on the real labelled sets in ../shared/eval (skipped where absent).
+
+Floors are what the default config measured here (README, benchmarks/RESULTS.md),
+less a small margin; only min_cluster_size is set per set, as a user would.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from idcluster import pipeline
+from idcluster.app import make_spec
+from idcluster.config import load_config
+from idcluster.evaluation import evaluate, link_sets
+
+pytestmark = [pytest.mark.eval, pytest.mark.slow]
+
+
+def run_sets(eval_root, names, tmp_path, *overrides):
+    dest = tmp_path / "input"
+    truth = link_sets([eval_root / n for n in names], dest)
+    cfg = load_config([f"input_dir={dest}", f"output_dir={tmp_path / 'out'}", *overrides])
+    result = pipeline.run(make_spec(cfg, "cluster", progress=False))
+    return evaluate(result.records, truth, tuple(n for n in names if "distractor" in n))
+
+
+def test_lfw_40_identities_with_distractors(eval_root, tmp_path):
+    # Measured: BCubed F1 0.954, 6 distractors merged (dlib, HDBSCAN 3/2, min_face_size 64).
+    m = run_sets(eval_root, ["lfw_150px_40ids", "lfw_150px_distractor_singletons"], tmp_path,
+                 "clusterer.min_cluster_size=3")
+    assert m["face_share"] == 1.0
+    assert m["bcubed_f1"] >= 0.94
+    assert m["distractors_merged"] <= 8
+
+
+def test_face_recognition_examples_are_perfect(eval_root, tmp_path):
+    m = run_sets(eval_root, ["face_recognition_knn_examples"], tmp_path, "clusterer.min_cluster_size=2")
+    assert m["bcubed_f1"] == 1.0
