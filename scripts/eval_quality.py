@@ -21,6 +21,7 @@ from pathlib import Path
 
 from idcluster.app import make_spec
 from idcluster.config import load_config
+from idcluster.errors import InputError
 from idcluster.evaluation import evaluate, link_sets
 from idcluster.pipeline import run
 
@@ -76,8 +77,12 @@ def main(argv=None) -> int:
             for cname, overrides in configs:
                 cfg = load_config([f"input_dir={dest}", f"cache_dir={args.cache_dir}", *set_overrides, *overrides])
                 t0 = time.perf_counter()
-                result = run(make_spec(cfg, "cluster", progress=not args.quiet))
                 row = {"set": "+".join(names), "config": cname, "overrides": set_overrides + overrides}
+                try:
+                    result = run(make_spec(cfg, "cluster", progress=not args.quiet))
+                except InputError as e:  # e.g. no face anywhere: score what detection found
+                    row["error"] = str(e)
+                    result = run(make_spec(cfg, "detect", progress=not args.quiet), until="detect")
                 row.update(evaluate(result.records, truth, distractors))
                 row["seconds"] = time.perf_counter() - t0
                 rows.append(row)
