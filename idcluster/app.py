@@ -8,8 +8,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from . import pipeline
+import numpy as np
+
+from . import pipeline, tracking
 from .config import build, params
+from .errors import ConfigError
+from .evaluation import evaluate, ground_truth
+from .metrics import label_free
 from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
 from .report import build_report, print_summary
 
@@ -43,6 +48,20 @@ def run_stage(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Re
     return pipeline.run(make_spec(cfg, until, progress), until=until)
 
 
+def run_metrics(cfg: DictConfig, result: pipeline.Result) -> dict:
+    """Label-free metrics always; ground-truth metrics when `labels` is set."""
+    metrics = label_free(result.embeddings, row_labels(result))
+    metrics["images"] = len(result.records)
+    metrics["image_noise_share"] = sum(r.label < 0 for r in result.records) / max(len(result.records), 1)
+    if cfg.labels:
+        truth = ground_truth(str(cfg.labels), result.records)
+        if not truth:
+            raise ConfigError(f"labels={cfg.labels} matched none of the input images")
+        metrics.update({k: v for k, v in evaluate(result.records, truth).items()
+                        if k not in ("images", "noise_share")})
+    return metrics
+
+
 def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progress: bool = True) -> dict:
     """Run everything (or read it all from cache), export folders and the JSON; return the report."""
     spec = make_spec(cfg, "cluster", progress)
@@ -57,7 +76,23 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     result.timings["export"] = time.perf_counter() - t0
     models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
     report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(), output_dir.resolve())
+    report["metrics"] = run_metrics(cfg, result)
     write_json_atomic(output_dir / JSON_NAME, report)
     print_summary(report, console)
     console.print(f"wrote {output_dir / JSON_NAME}")
+    if tracking.enabled(cfg.tracking):
+        tracker = tracking.Tracker(cfg.tracking_uri, cfg.experiment_name)
+        run_id = tracking.log_cluster_run(tracker, report, result.embeddings, row_labels(result), output_dir / JSON_NAME)
+        if run_id:
+            report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": run_id}
+            console.print(f"MLflow run {run_id} in {tracker.uri} (compare: mlflow ui --backend-store-uri {tracker.uri})")
     return report
+
+
+def row_labels(result: pipeline.Result) -> np.ndarray:
+    """Cluster label of each embedding row."""
+    labels = np.full(len(result.embeddings), -1)
+    for r in result.records:
+        if r.embedding_row is not None:
+            labels[r.embedding_row] = r.label
+    return labels

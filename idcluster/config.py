@@ -6,6 +6,7 @@ every Hydra/OmegaConf error becomes one ConfigError line.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 GROUPS = ("detector", "embedder", "reducer", "clusterer")
 # Options that change where/how fast a model runs, not its results: left out of cache keys.
 RUNTIME_KEYS = frozenset({"device", "threads", "batch_size"})
+# Facts about a component that other groups read by interpolation (an embedder's
+# calibrated `distance_threshold`), not constructor arguments.
+META_KEYS = frozenset({"distance_threshold"})
+META_GROUPS = frozenset({"embedder"})
 
 
 def conf_dir() -> Path:
@@ -44,13 +51,31 @@ def _one_line(e: BaseException) -> str:
     return msg
 
 
-def load_config(overrides: list[str] = (), require_input: bool = True) -> DictConfig:
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-        OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"bad override: {_one_line(e)}") from None
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def load_config(overrides: list[str] = (), require_input: bool = True, defaults: list[str] = ()) -> DictConfig:
+    """Compose conf/ + `defaults` (the project file's, lower precedence) + `overrides`.
+
+    A default that does not fit the chosen components (e.g. `clusterer.min_samples`
+    from the project file while an experiment picks `clusterer=agglomerative`)
+    is dropped with a warning; a bad `overrides` entry is a ConfigError.
+    """
+    soft = list(defaults)
+    while True:
+        try:
+            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=[*soft, *overrides])
+            OmegaConf.resolve(cfg)
+            break
+        except (HydraException, OmegaConfBaseException) as e:
+            msg = _one_line(e)
+            culprit = next((d for d in soft if f"'{_key(d)}'" in msg or f"'{d}'" in msg), None)
+            if culprit is None:
+                raise ConfigError(f"bad override: {msg}") from None
+            log.warning("project default %s does not apply to this config (%s): ignored", culprit, msg)
+            soft.remove(culprit)
     if require_input and OmegaConf.is_missing(cfg, "input_dir"):
         raise ConfigError("input_dir is required: add input_dir=path/to/images")
     return cfg
@@ -58,8 +83,11 @@ def load_config(overrides: list[str] = (), require_input: bool = True) -> DictCo
 
 def build(cfg: DictConfig, group: str) -> Any:
     """Instantiate the component chosen for `group`; bad parameters are a ConfigError."""
+    node = cfg[group]
+    if group in META_GROUPS:
+        node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in META_KEYS})
     try:
-        return instantiate(cfg[group])
+        return instantiate(node)
     except HydraException as e:
         cause = e.__cause__ or e
         raise ConfigError(f"cannot build {group} from config: {_one_line(cause)}") from None
@@ -68,4 +96,5 @@ def build(cfg: DictConfig, group: str) -> Any:
 def params(cfg: DictConfig, group: str) -> dict:
     """The group's parameters as they enter cache keys (runtime-only keys removed)."""
     d = OmegaConf.to_container(cfg[group], resolve=True)
-    return {k: v for k, v in d.items() if k not in RUNTIME_KEYS}
+    skip = RUNTIME_KEYS | (META_KEYS if group in META_GROUPS else frozenset())
+    return {k: v for k, v in d.items() if k not in skip}

@@ -34,11 +34,40 @@ def read_labels(set_dir: Path) -> dict[str, str]:
     return out
 
 
-def link_sets(set_dirs: list[Path], dest: Path) -> dict[str, tuple[str, str]]:
-    """Symlink the labelled files of several sets under dest/<set>/...; rel path -> (set, identity)."""
+def ground_truth(labels: str, records) -> dict[str, tuple[str, str]]:
+    """The `labels=` option: a labels.csv path (relative_path,identity) or `folders`
+    (each input's first folder is its identity). Returns rel path -> ("", identity)."""
+    from .errors import ConfigError
+
+    if labels == "folders":
+        return {r.rel_path: ("", r.rel_path.split("/")[0]) for r in records if "/" in r.rel_path}
+    path = Path(labels).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"labels must be 'folders' or a labels.csv path; not found: {path}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"relative_path", "identity"} <= set(rows[0]):
+        raise ConfigError(f"labels file needs the columns relative_path,identity: {path}")
+    return {r["relative_path"]: ("", r["identity"]) for r in rows}
+
+
+def split_identities(labels: dict[str, str], part: str) -> dict[str, str]:
+    """A deterministic identity-disjoint split: 'even' / 'odd' positions in the sorted names, or 'all'."""
+    if part == "all":
+        return labels
+    names = sorted(set(labels.values()))
+    keep = set(names[{"even": 0, "odd": 1}[part]::2])
+    return {rel: ident for rel, ident in labels.items() if ident in keep}
+
+
+def link_sets(set_dirs: list[Path], dest: Path, part: str = "all") -> dict[str, tuple[str, str]]:
+    """Symlink the labelled files of several sets under dest/<set>/...; rel path -> (set, identity).
+
+    `part` keeps an identity-disjoint half (see split_identities), e.g. a dev split for calibration.
+    """
     truth = {}
     for set_dir in set_dirs:
-        for rel, identity in read_labels(set_dir).items():
+        for rel, identity in split_identities(read_labels(set_dir), part).items():
             link = dest / set_dir.name / rel
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():

@@ -49,3 +49,44 @@ def score(truth, labels) -> dict[str, float]:
         "pairwise_precision": pp, "pairwise_recall": pr, "pairwise_f1": pf,
         "bcubed_precision": bp, "bcubed_recall": br, "bcubed_f1": bf,
     }
+
+
+def label_free(X: np.ndarray, labels, sample_size: int = 5000) -> dict[str, float]:
+    """Quality signals that need no ground truth, over L2-normalised rows X.
+
+    intra: mean cosine similarity of a clustered face to its cluster centre;
+    nearest_inter: mean over clusters of the highest similarity between its
+    centre and another cluster's (lower = better separated); silhouette with
+    cosine distance over clustered faces (sampled above `sample_size`).
+    """
+    from sklearn.metrics import silhouette_score
+
+    labels = np.asarray(labels)
+    ids, sizes = np.unique(labels[labels >= 0], return_counts=True)
+    out: dict[str, float] = {
+        "identities": int(len(ids)),
+        "faces": int(len(labels)),
+        "noise_share": float((labels < 0).mean()) if len(labels) else 0.0,
+        "cluster_size_min": int(sizes.min()) if len(sizes) else 0,
+        "cluster_size_median": float(np.median(sizes)) if len(sizes) else 0.0,
+        "cluster_size_max": int(sizes.max()) if len(sizes) else 0,
+    }
+    if len(ids) == 0:
+        return out
+    Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    centres = np.stack([Xn[labels == i].mean(axis=0) for i in ids])
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    index = {c: k for k, c in enumerate(ids.tolist())}
+    member = labels >= 0
+    rows = np.array([index[l] for l in labels[member].tolist()])
+    out["intra_similarity"] = float(np.mean(np.sum(Xn[member] * centres[rows], axis=1)))
+    if len(ids) > 1:
+        sims = centres @ centres.T
+        np.fill_diagonal(sims, -np.inf)
+        out["nearest_inter_similarity"] = float(sims.max(axis=1).mean())
+        if member.sum() > len(ids):
+            out["silhouette"] = float(silhouette_score(
+                Xn[member], labels[member], metric="cosine",
+                sample_size=min(sample_size, int(member.sum())), random_state=0,
+            ))
+    return out

@@ -10,6 +10,7 @@ clustering.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import multiprocessing
 import os
@@ -270,8 +271,20 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return np.array([mapping.get(l, -1) for l in labels.tolist()], dtype=np.int64)
 
 
-def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Result, cached_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (largest cluster = 0, noise = -1) and membership probabilities for rows of X."""
+def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """fit_predict, passing the image of each row where the clusterer takes `groups` (cannot-link)."""
+    if "groups" in inspect.signature(clusterer.fit_predict).parameters:
+        return clusterer.fit_predict(Z, groups=groups)
+    return clusterer.fit_predict(Z)
+
+
+def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Result, cached_only: bool = False,
+                       groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (largest cluster = 0, noise = -1) and membership probabilities for rows of X.
+
+    `groups[i]` is the image row i came from: faces of one image never share a cluster.
+    """
+    groups = np.arange(len(X)) if groups is None else groups
     rkey = cache_key("reduce", result.keys["embeddings"], spec.params.get("reducer", {}))
     ckey = cache_key("cluster", rkey, spec.params.get("clusterer", {}))
     result.keys.update(reduce=rkey, cluster=ckey)
@@ -300,7 +313,7 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
         labels, probs = np.full(len(Z), -1, np.int64), np.zeros(len(Z))
     else:
         try:
-            raw = np.asarray(spec.clusterer.fit_predict(Z))
+            raw = np.asarray(_fit_predict(spec.clusterer, Z, groups))
         except ValueError as e:
             raise InputError(f"clusterer failed on {len(Z)} faces: {e}") from None
         labels = _relabel_by_size(raw)
@@ -322,10 +335,10 @@ def run(spec: Spec, until: str = "cluster", cached_only: bool = False) -> Result
     if until == "detect":
         spec = Spec(**{**spec.__dict__, "embedder": None})
     vectors = detect_and_embed(spec, records, cache, result, cached_only=cached_only)
-    for rec in records:
-        if until == "detect" and rec.reason is None:
-            _choose(rec, spec)
     if until == "detect":
+        for rec in records:
+            if rec.reason is None:
+                _choose(rec, spec)
         return result
 
     order = sorted(vectors)
@@ -335,13 +348,28 @@ def run(spec: Spec, until: str = "cluster", cached_only: bool = False) -> Result
     result.embeddings = np.stack([vectors[i] for i in order]).astype(np.float32) if order else np.zeros((0, dim), np.float32)
     if until == "embed":
         return result
+    return cluster_stage(spec, result, cached_only=cached_only)
 
-    if not order:
+
+def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Result:
+    """Reduce + cluster the embedded rows of `result` and set each record's label.
+
+    Re-entrant: a sweep calls it once per point on the same upstream result.
+    """
+    records = result.records
+    rows = [r for r in records if r.embedding_row is not None]
+    if not rows:
         raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")
-    labels, probs = reduce_and_cluster(spec, result.embeddings, cache, result, cached_only=cached_only)
-    for row, i in enumerate(order):
-        rec = records[i]
-        rec.label, rec.probability = int(labels[row]), float(probs[row])
+    for rec in records:
+        rec.label, rec.probability = -1, 0.0
+        if rec.reason == R.CLUSTER_NOISE:
+            rec.reason = rec.detail = None
+    # The image each embedded row came from (cannot-link groups); one face per image today.
+    groups = np.arange(len(rows))
+    labels, probs = reduce_and_cluster(spec, result.embeddings, StageCache(spec.cache_dir), result,
+                                       cached_only=cached_only, groups=groups)
+    for rec in rows:
+        rec.label, rec.probability = int(labels[rec.embedding_row]), float(probs[rec.embedding_row])
         if rec.label < 0:
             rec.reason, rec.detail = R.CLUSTER_NOISE, "not close enough to any cluster"
     return result

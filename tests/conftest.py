@@ -14,6 +14,12 @@ from idcluster.detectors.retinaface import RetinaFaceDetector
 EVAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "eval"
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Relative defaults (MLflow's ./mlflow.db, idcluster_output/) land in the test's own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def demo_set(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """56 crops of 7 real people (insightface's shipped photos, 8 augmentations each), with truth."""
@@ -49,7 +55,7 @@ def config(tmp_path):
     def make(input_dir, *overrides):
         return load_config([
             f"input_dir={input_dir}", f"output_dir={tmp_path / 'out'}", "workers=1",
-            "clusterer.min_cluster_size=3", *overrides,
+            "clusterer.min_cluster_size=3", "tracking=off", *overrides,
         ])
 
     return make

@@ -41,7 +41,10 @@ def test_reducers_fit_transform(option):
 def test_clusterers_fit_predict(option):
     clusterer = build(load_config(["input_dir=x", f"clusterer={option}"]), "clusterer")
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(0, 0.01, (20, 8)), rng.normal(5, 0.01, (20, 8))])
+    # Two tight groups of directions, like L2-normalised embeddings of two people.
+    centres = np.eye(8)[[0, 1]]
+    x = np.concatenate([centres[0] + rng.normal(0, 0.01, (20, 8)), centres[1] + rng.normal(0, 0.01, (20, 8))])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = clusterer.fit_predict(x)
     assert labels.shape == (40,)
     assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1 and labels[0] != labels[20]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from .cluster import cluster
-from .common import OVERRIDES_CONTEXT, groups_epilog
+from .cluster import cluster, run
+from .common import OVERRIDES_CONTEXT, STATE, groups_epilog
 from .demo import demo
 from .detect import detect
 from .embed import embed
 from .export import export
+from .sweep import sweep
 
 app = typer.Typer(
     name="idcluster",
@@ -20,8 +24,15 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-for command in (detect, embed, cluster, export, demo):
+for command in (detect, embed, cluster, export, sweep, run, demo):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
+
+
+@app.callback()
+def _options(
+    project: Optional[Path] = typer.Option(None, "--project", help="Project file (default: ./idcluster.toml if present)."),
+) -> None:
+    STATE["project"] = project
 
 
 def main() -> None:

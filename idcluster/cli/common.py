@@ -13,8 +13,8 @@ from rich.logging import RichHandler
 from ..config import GROUPS, default_options, group_options
 from ..errors import IdclusterError
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long paths and commands stay on one line (copy-paste)
+err = Console(stderr=True, soft_wrap=True)
 
 # Commands take Hydra overrides as free arguments (`group=option key=value`).
 OVERRIDES_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
@@ -59,5 +59,20 @@ def handle_errors(fn):
     return wrapper
 
 
-def overrides_list(overrides: Optional[list[str]]) -> list[str]:
-    return list(overrides or [])
+# Set by the app callback (--project FILE); None = ./idcluster.toml when present.
+STATE: dict = {"project": None}
+
+
+def project():
+    from ..project import load_project
+
+    return load_project(STATE["project"])
+
+
+def load(overrides: Optional[list[str]], *front: str):
+    """The run config: conf/ < project defaults < `front` (a command's own) < CLI overrides."""
+    from ..config import load_config
+    from ..project import resolve
+
+    defaults, explicit = resolve(project(), [*front, *(overrides or [])])
+    return load_config(explicit, defaults=defaults)

@@ -5,10 +5,10 @@ import typer
 from rich.table import Table
 
 from .. import app
-from ..config import build, load_config
+from ..config import build
 from ..demo_data import build_demo_set
 from ..metrics import score
-from .common import Overrides, Quiet, handle_errors, out, overrides_list
+from .common import Overrides, Quiet, handle_errors, load, out
 
 
 @handle_errors
@@ -20,10 +20,10 @@ def demo(
     """Build a labelled instance folder from photos shipped in installed packages, cluster it, score it."""
     # Six identities with 8 images each: clusters of 3+ are real identities here.
     base = [f"output_dir={folder / 'output'}", "clusterer.min_cluster_size=3", "export.overwrite=true"]
-    probe = load_config(["input_dir=unused", *overrides_list(overrides)])
+    probe = load(overrides, "input_dir=unused")
     instances, truth = build_demo_set(folder, build(probe, "detector"))
     out.print(f"demo: {len(truth)} instance crops of {len(set(truth.values()))} people in {instances}")
-    cfg = load_config([f"input_dir={instances}", *base, *overrides_list(overrides)])
+    cfg = load(overrides, f"input_dir={instances}", *base)
     report = app.cluster(cfg, out, progress=not quiet)
 
     by_path = {img["rel_path"]: img["identity"] for img in report["images"]}

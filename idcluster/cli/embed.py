@@ -1,15 +1,14 @@
 from typing import Optional
 
 from ..app import run_stage
-from ..config import load_config
 from ..report import statistics
-from .common import Overrides, Quiet, handle_errors, out, overrides_list
+from .common import Overrides, Quiet, handle_errors, load, out
 
 
 @handle_errors
 def embed(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
     """Detect (where not cached) and embed the chosen face of every image; cache both."""
-    cfg = load_config(overrides_list(overrides))
+    cfg = load(overrides)
     result = run_stage(cfg, "embed", progress=not quiet)
     s = statistics(result)
     out.print(f"{s['images']} images: {s['embedded']} embeddings ({result.computed['embed']} new), "

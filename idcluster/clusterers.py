@@ -1,0 +1,203 @@
+"""Clusterers for L2-normalised face embeddings, in scikit-learn estimator style.
+
+Each wraps a well-kept implementation (scikit-learn, scipy's graph tools) and
+adds what identity clustering needs on top, in one place for all of them:
+
+- `min_cluster_size`: smaller clusters become noise (-1): a one-photo
+  "identity" is not an identity.
+- `cannot_link_same_image`: faces detected in the same image (the `groups`
+  passed to `fit_predict`) never share a cluster: per cluster and image, the
+  face closest to the cluster's centre stays, the others become noise.
+- `reassign_noise`: a noise point joins its nearest cluster when its cosine
+  similarity to that cluster's centre is at least this value (None = off).
+
+Thresholds are cosine distances (1 - cosine similarity); each embedder config
+states its calibrated `distance_threshold` and the configs interpolate it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+from sklearn import cluster as skcluster
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.neighbors import radius_neighbors_graph
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _centres(Xn: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.unique(labels[labels >= 0])
+    if len(ids) == 0:
+        return ids, np.zeros((0, Xn.shape[1]))
+    return ids, _unit(np.stack([Xn[labels == i].mean(axis=0) for i in ids]))
+
+
+def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    labels = labels.copy()
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    labels[np.isin(labels, ids[counts < min_size])] = -1
+    return labels
+
+
+def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups) -> np.ndarray:
+    """Per cluster, keep one face per group (the one nearest the centre); the rest -> noise."""
+    labels = labels.copy()
+    groups = np.asarray(groups)
+    ids, centres = _centres(Xn, labels)
+    for cid, centre in zip(ids, centres):
+        members = np.flatnonzero(labels == cid)
+        sims = Xn[members] @ centre
+        seen: set = set()
+        for m in members[np.argsort(-sims)]:
+            if groups[m] in seen:
+                labels[m] = -1
+            seen.add(groups[m])
+    return labels
+
+
+def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, groups=None) -> np.ndarray:
+    """Noise joins its nearest cluster centre when similar enough (never a cluster its image is in)."""
+    labels = labels.copy()
+    ids, centres = _centres(Xn, labels)
+    noise = np.flatnonzero(labels < 0)
+    if len(ids) == 0 or len(noise) == 0:
+        return labels
+    sims = Xn[noise] @ centres.T
+    if groups is not None:
+        groups = np.asarray(groups)
+        for row, n in enumerate(noise):
+            taken = set(labels[(groups == groups[n]) & (labels >= 0)].tolist())
+            sims[row, np.isin(ids, list(taken))] = -np.inf
+    best = sims.argmax(axis=1)
+    ok = sims[np.arange(len(noise)), best] >= min_similarity
+    labels[noise[ok]] = ids[best[ok]]
+    return labels
+
+
+class _FaceClusterer(ClusterMixin, BaseEstimator):
+    """Shared post-processing; subclasses implement `_cluster(Xn) -> labels`."""
+
+    def fit(self, X, y=None, groups=None):
+        Xn = _unit(X)
+        labels = np.asarray(self._cluster(Xn), dtype=np.int64)
+        labels = drop_small(labels, self.min_cluster_size)
+        if self.cannot_link_same_image and groups is not None:
+            labels = enforce_cannot_link(Xn, labels, groups)
+        if self.reassign_noise is not None:
+            labels = reassign_noise(Xn, labels, float(self.reassign_noise), groups if self.cannot_link_same_image else None)
+        self.labels_ = drop_small(labels, self.min_cluster_size)
+        if getattr(self, "probabilities_", None) is not None:  # HDBSCAN's, after post-processing
+            self.probabilities_ = np.where(self.labels_ >= 0, self.probabilities_, 0.0)
+        return self
+
+    def fit_predict(self, X, y=None, groups=None):
+        return self.fit(X, groups=groups).labels_
+
+
+class HDBSCAN(_FaceClusterer):
+    """scikit-learn HDBSCAN on the unit vectors (euclidean there is monotone in cosine distance)."""
+
+    def __init__(self, min_cluster_size=10, min_samples=2, cluster_selection_epsilon=0.0,
+                 cluster_selection_method="eom", cannot_link_same_image=True, reassign_noise=None):
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.cluster_selection_epsilon = cluster_selection_epsilon
+        self.cluster_selection_method = cluster_selection_method
+        self.cannot_link_same_image = cannot_link_same_image
+        self.reassign_noise = reassign_noise
+
+    def _cluster(self, Xn):
+        if len(Xn) <= max(self.min_samples or 1, 1):
+            return np.full(len(Xn), -1)
+        est = skcluster.HDBSCAN(
+            min_cluster_size=max(2, self.min_cluster_size), min_samples=self.min_samples,
+            cluster_selection_epsilon=self.cluster_selection_epsilon,
+            cluster_selection_method=self.cluster_selection_method, copy=True,
+        )
+        labels = est.fit_predict(Xn)
+        self.probabilities_ = est.probabilities_
+        return labels
+
+
+class DBSCAN(_FaceClusterer):
+    """scikit-learn DBSCAN with cosine distance: faces within `eps` chain into one identity."""
+
+    def __init__(self, eps=0.1, min_samples=2, min_cluster_size=2, cannot_link_same_image=True, reassign_noise=None):
+        self.eps = eps
+        self.min_samples = min_samples
+        self.min_cluster_size = min_cluster_size
+        self.cannot_link_same_image = cannot_link_same_image
+        self.reassign_noise = reassign_noise
+
+    def _cluster(self, Xn):
+        return skcluster.DBSCAN(eps=self.eps, min_samples=self.min_samples, metric="cosine").fit_predict(Xn)
+
+
+class Agglomerative(_FaceClusterer):
+    """scikit-learn agglomerative clustering, cosine distance, cut at `distance_threshold`."""
+
+    def __init__(self, distance_threshold=0.1, linkage="average", min_cluster_size=2,
+                 cannot_link_same_image=True, reassign_noise=None):
+        self.distance_threshold = distance_threshold
+        self.linkage = linkage
+        self.min_cluster_size = min_cluster_size
+        self.cannot_link_same_image = cannot_link_same_image
+        self.reassign_noise = reassign_noise
+
+    def _cluster(self, Xn):
+        if len(Xn) < 2:
+            return np.zeros(len(Xn), dtype=np.int64)
+        return skcluster.AgglomerativeClustering(
+            n_clusters=None, metric="cosine", linkage=self.linkage, distance_threshold=self.distance_threshold,
+        ).fit_predict(Xn)
+
+
+class ChineseWhispers(_FaceClusterer):
+    """Graph clustering: an edge joins faces closer than `distance_threshold` (cosine),
+    weighted by similarity; Chinese Whispers label propagation (Biemann 2006, the
+    algorithm behind dlib's face-clustering example) splits weakly joined groups
+    that plain connected components would chain together (`method=components`
+    gives the latter).
+    """
+
+    def __init__(self, distance_threshold=0.1, method="whispers", iterations=20, min_cluster_size=2,
+                 cannot_link_same_image=True, reassign_noise=None, random_state=0):
+        self.distance_threshold = distance_threshold
+        self.method = method
+        self.iterations = iterations
+        self.min_cluster_size = min_cluster_size
+        self.cannot_link_same_image = cannot_link_same_image
+        self.reassign_noise = reassign_noise
+        self.random_state = random_state
+
+    def _cluster(self, Xn):
+        if self.method not in ("whispers", "components"):
+            raise ValueError(f"method must be 'whispers' or 'components', got {self.method!r}")
+        # On unit vectors, cosine distance t  <=>  euclidean distance sqrt(2 t).
+        graph = radius_neighbors_graph(Xn, radius=np.sqrt(2 * self.distance_threshold), mode="distance")
+        if self.method == "components":
+            return connected_components(graph, directed=False)[1]
+        graph = graph.tocsr()
+        weights = graph.copy()
+        weights.data = 1.0 - weights.data**2 / 2.0  # cosine similarity
+        labels = np.arange(len(Xn))
+        rng = np.random.default_rng(self.random_state)
+        for _ in range(self.iterations):
+            changed = 0
+            for i in rng.permutation(len(Xn)):
+                lo, hi = weights.indptr[i], weights.indptr[i + 1]
+                if lo == hi:
+                    continue
+                votes: dict[int, float] = {}
+                for j, w in zip(weights.indices[lo:hi], weights.data[lo:hi]):
+                    votes[labels[j]] = votes.get(labels[j], 0.0) + w
+                best = max(votes, key=votes.get)
+                if best != labels[i]:
+                    labels[i], changed = best, changed + 1
+            if not changed:
+                break
+        return np.unique(labels, return_inverse=True)[1]
