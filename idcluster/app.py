@@ -90,9 +90,9 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
 
 
 def row_labels(result: pipeline.Result) -> np.ndarray:
-    """Cluster label of each embedding row."""
+    """Cluster label of each embedding row (every embedded face)."""
     labels = np.full(len(result.embeddings), -1)
     for r in result.records:
-        if r.embedding_row is not None:
-            labels[r.embedding_row] = r.label
+        for k, row in r.face_rows.items():
+            labels[row] = r.face_labels.get(k, -1)
     return labels

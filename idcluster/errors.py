@@ -19,3 +19,7 @@ class ModelError(IdclusterError):
 
 class CacheMiss(IdclusterError):
     """A command that only reads the cache found a stage that was never run."""
+
+
+class PipelineError(IdclusterError):
+    """A stage could not finish (e.g. a worker process died); cached work is kept."""

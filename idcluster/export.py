@@ -134,29 +134,40 @@ def export(
     sizes: Counter = Counter()
     with stage_bar("export", len(records), progress) as bar:
         for rec in records:
-            folder = names[rec.label] if rec.label >= 0 else NOISE
-            sizes[folder] += 1
-            src = Path(rec.path)
-            try:
-                link(src, output_dir / folder / flat_name(rec.rel_path))
-            except OSError as e:
-                log.warning("could not export %s: %s", rec.rel_path, e.strerror or e)
+            for folder in record_folders(rec, names):
+                sizes[folder] += 1
+                try:
+                    link(Path(rec.path), output_dir / folder / flat_name(rec.rel_path))
+                except OSError as e:
+                    log.warning("could not export %s: %s", rec.rel_path, e.strerror or e)
             if save_faces and aligner is not None and rec.face is not None:
-                _save_face(rec, aligner, output_dir / FACES / folder)
+                _save_faces(rec, aligner, output_dir / FACES, names)
             bar.advance()
     return dict(sizes)
 
 
-def _save_face(rec: ImageRecord, aligner, folder: Path) -> None:
+def record_folders(rec: ImageRecord, names: list[str]) -> list[str]:
+    """The chosen face's identity first, then those of its other clustered faces
+    (faces.select=all puts a group photo in each of its people's folders); else noise/."""
+    labels = [rec.label, *sorted(set(rec.face_labels.values()) - {rec.label})]
+    folders = [names[l] for l in labels if l >= 0]
+    return folders or [NOISE]
+
+
+def _save_faces(rec: ImageRecord, aligner, root: Path, names: list[str]) -> None:
     try:
         image = load_image(rec.path)
     except ImageDecodeError:
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    chip = aligner.align(image, rec.face)
-    cv2.imwrite(str(folder / (Path(flat_name(rec.rel_path)).stem + ".png")), chip[:, :, ::-1])
+    labels = rec.face_labels or {rec.face_index: rec.label}
+    stem = Path(flat_name(rec.rel_path)).stem
+    for k, label in labels.items():
+        folder = root / (names[label] if label >= 0 else NOISE)
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = "" if k == rec.face_index else f"_face{k}"
+        chip = aligner.align(image, rec.faces[k])
+        cv2.imwrite(str(folder / f"{stem}{suffix}.png"), chip[:, :, ::-1])
 
 
 def output_path(rec: ImageRecord, names: list[str]) -> str:
-    folder = names[rec.label] if rec.label >= 0 else NOISE
-    return f"{folder}/{flat_name(rec.rel_path)}"
+    return f"{record_folders(rec, names)[0]}/{flat_name(rec.rel_path)}"

@@ -8,14 +8,15 @@ import numpy as np
 from .errors import ConfigError
 from .records import Face
 
-SELECT_POLICIES = ("largest", "score")
+SELECT_POLICIES = ("largest", "score", "all")
 
 
 def select_face(faces: list[Face], policy: str = "largest") -> int | None:
     """Index of the face that represents the image, or None when there is none.
 
     largest: biggest box area, higher score on ties (an instance crop's subject
-    is its largest face); score: most confident.
+    is its largest face); score: most confident; all: every face is clustered,
+    the largest stands for the image.
     """
     if policy not in SELECT_POLICIES:
         raise ConfigError(f"faces.select must be one of {', '.join(SELECT_POLICIES)}, got {policy!r}")

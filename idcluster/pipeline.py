@@ -19,6 +19,7 @@ import signal
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 
 from . import records as R
 from .cache import StageCache, cache_key
-from .errors import CacheMiss, InputError
+from .errors import CacheMiss, InputError, PipelineError
 from .faces import blur_score, select_face
 from .images import ImageDecodeError, load_image
 from .progress import stage_bar
@@ -64,7 +65,8 @@ class Spec:
 @dataclass
 class Result:
     records: list[ImageRecord]
-    embeddings: np.ndarray | None = None  # rows = records with embedding_row set
+    embeddings: np.ndarray | None = None  # one row per embedded face (ImageRecord.face_rows)
+    groups: np.ndarray | None = None  # record index of each embedding row
     keys: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     computed: Counter = field(default_factory=Counter)  # what was computed (not read from cache)
@@ -97,8 +99,19 @@ def _choose(rec: ImageRecord, spec: Spec) -> None:
         rec.detail = f"face {rec.face.size:.0f}px < faces.min_face_size={spec.min_face_size:g}"
 
 
+def _embed_indices(rec: ImageRecord, spec: Spec) -> list[int]:
+    """Faces of a record to embed: the chosen one, or with faces.select=all every face
+    passing the size filter (the chosen one first)."""
+    if rec.reason is not None:
+        return []
+    if spec.select != "all":
+        return [rec.face_index]
+    others = [k for k, f in enumerate(rec.faces) if k != rec.face_index and f.size >= spec.min_face_size]
+    return [rec.face_index, *others]
+
+
 def _work(spec: Spec, task: dict) -> dict:
-    """Decode one image, detect if needed, and embed its chosen face if needed."""
+    """Decode one image, detect if needed, and embed the faces still missing."""
     out: dict = {"times": {}}
     t0 = time.perf_counter()
     try:
@@ -114,15 +127,18 @@ def _work(spec: Spec, task: dict) -> dict:
         entry = out["detection"] = _detection_entry(spec.detector.detect(image), image.shape)
         out["times"]["detect"] = time.perf_counter() - t1
     if task["embed"]:
-        rec = ImageRecord(path=task["path"], rel_path="", size=0)
-        _apply_detection(rec, entry)
-        _choose(rec, spec)
-        if rec.reason is None:
+        indices = task["embed_faces"]
+        if indices is None:  # detected just now: choose here
+            rec = ImageRecord(path=task["path"], rel_path="", size=0)
+            _apply_detection(rec, entry)
+            _choose(rec, spec)
+            indices = _embed_indices(rec, spec)
+        if indices:
             t2 = time.perf_counter()
-            chip = spec.embedder.align(image, rec.face)
-            out["face_index"] = rec.face_index
-            out["blur"] = blur_score(chip)
-            out["embedding"] = spec.embedder.embed([chip])[0]
+            faces = [Face.from_dict(entry["faces"][k]) for k in indices]
+            chips = [spec.embedder.align(image, f) for f in faces]
+            vectors = spec.embedder.embed(chips)
+            out["embeddings"] = {k: (vectors[n], blur_score(chip)) for n, (k, chip) in enumerate(zip(indices, chips))}
             out["times"]["embed"] = time.perf_counter() - t2
     return out
 
@@ -176,6 +192,11 @@ def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
                     for fut in done:
                         on_result(pending.pop(fut), fut.result())
                         bar.advance()
+            except BrokenProcessPool:
+                raise PipelineError(
+                    "a worker process died (out of memory, or killed); finished images are cached: "
+                    "run again to resume, or with workers=1"
+                ) from None
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -188,45 +209,52 @@ def scan(spec: Spec) -> list[ImageRecord]:
     return scan_folder(spec.input_dir, exclude=spec.exclude)
 
 
-def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, result: Result, cached_only: bool = False) -> dict[int, np.ndarray]:
+def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, result: Result,
+                     cached_only: bool = False) -> dict[tuple[int, int], np.ndarray]:
     """Fill faces (and embeddings when spec.embedder is set) for every readable record.
 
-    Returns {record index: embedding}. Cache entries are written as each image
-    finishes; with cached_only a missing entry raises CacheMiss.
+    Returns {(record index, face index): embedding}. Cache entries are written as
+    each image finishes; with cached_only a missing entry raises CacheMiss.
     """
     want_embed = spec.embedder is not None
     det_id = [spec.detector.model_id, spec.params.get("detector", {})]
     emb_id = [spec.embedder.model_id, spec.params.get("embedder", {})] if want_embed else None
     dkeys: dict[int, str] = {}
-    vectors: dict[int, np.ndarray] = {}
-    ekeys: dict[int, str] = {}
+    vectors: dict[tuple[int, int], np.ndarray] = {}
+    blurs: dict[tuple[int, int], float] = {}
+    ekeys: dict[tuple[int, int], str] = {}
     tasks: list[dict] = []
 
     def embed_key(i: int, face_index: int) -> str:
         return cache_key("embed", dkeys[i], face_index, emb_id)
 
-    def lookup_embedding(i: int, rec: ImageRecord) -> bool:
-        """True when the record needs no embedding work (cached, or filtered out)."""
+    def missing_embeddings(i: int, rec: ImageRecord) -> list[int]:
+        """Face indices of the record still to embed (cached ones are filled in)."""
         _choose(rec, spec)
-        if rec.reason is not None:
-            return True
-        ekeys[i] = embed_key(i, rec.face_index)
-        hit = cache.get_arrays(EMBED, ekeys[i])
-        if hit is None:
-            return False
-        vectors[i], rec.blur = hit["embedding"], float(hit["blur"])
-        return True
+        missing = []
+        for k in _embed_indices(rec, spec):
+            ekeys[i, k] = embed_key(i, k)
+            hit = cache.get_arrays(EMBED, ekeys[i, k])
+            if hit is None:
+                missing.append(k)
+            else:
+                vectors[i, k], blurs[i, k] = hit["embedding"], float(hit["blur"])
+        return missing
 
     for i, rec in enumerate(records):
         if rec.reason == R.UNREADABLE:
             continue
         dkeys[i] = cache_key("detect", rec.sha256, det_id)
         entry = cache.get_json(DETECT, dkeys[i])
+        missing = None
         if entry is not None:
             _apply_detection(rec, entry)
-            if not want_embed or lookup_embedding(i, rec):
+            if not want_embed:
                 continue
-        tasks.append({"index": i, "path": rec.path, "detection": entry, "embed": want_embed})
+            missing = missing_embeddings(i, rec)
+            if not missing:
+                continue
+        tasks.append({"index": i, "path": rec.path, "detection": entry, "embed": want_embed, "embed_faces": missing})
 
     if tasks and cached_only:
         stage = "detection" if any(t["detection"] is None for t in tasks) else "embedding"
@@ -243,23 +271,26 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
             _apply_detection(rec, out["detection"])
         if want_embed:
             _choose(rec, spec)
-            if "embedding" in out:
-                ekeys[i] = embed_key(i, out["face_index"])
-                cache.put_arrays(EMBED, ekeys[i], embedding=out["embedding"], blur=np.float64(out["blur"]))
+            for k, (vector, blur) in out.get("embeddings", {}).items():
+                ekeys[i, k] = embed_key(i, k)
+                cache.put_arrays(EMBED, ekeys[i, k], embedding=vector, blur=np.float64(blur))
                 result.computed["embed"] += 1
-                vectors[i], rec.blur = out["embedding"], out["blur"]
+                vectors[i, k], blurs[i, k] = vector, blur
 
     t0 = time.perf_counter()
     _run_tasks(spec, tasks, on_result, "embed" if want_embed else "detect")
     result.timings["faces_wall"] = time.perf_counter() - t0
 
-    if want_embed and spec.blur_threshold > 0:
-        for i, rec in enumerate(records):
-            if i in vectors and rec.blur is not None and rec.blur < spec.blur_threshold:
+    for (i, k), blur in blurs.items():
+        rec = records[i]
+        if k == rec.face_index:
+            rec.blur = blur
+        if spec.blur_threshold > 0 and blur < spec.blur_threshold:
+            del vectors[i, k]
+            if k == rec.face_index:
                 rec.reason = R.BLURRY
-                rec.detail = f"blur {rec.blur:.1f} < faces.blur_threshold={spec.blur_threshold:g}"
-                del vectors[i]
-    result.keys["embeddings"] = cache_key([ekeys[i] for i in sorted(vectors)])
+                rec.detail = f"blur {blur:.1f} < faces.blur_threshold={spec.blur_threshold:g}"
+    result.keys["embeddings"] = cache_key([ekeys[ik] for ik in sorted(vectors)])
     return vectors
 
 
@@ -341,11 +372,14 @@ def run(spec: Spec, until: str = "cluster", cached_only: bool = False) -> Result
                 _choose(rec, spec)
         return result
 
-    order = sorted(vectors)
-    for row, i in enumerate(order):
-        records[i].embedding_row = row
+    order = sorted(vectors)  # (record index, face index): a record's faces are adjacent rows
+    for row, (i, k) in enumerate(order):
+        records[i].face_rows[k] = row
+    for rec in records:
+        rec.embedding_row = rec.face_rows.get(rec.face_index)
     dim = getattr(spec.embedder, "dim", 0)
-    result.embeddings = np.stack([vectors[i] for i in order]).astype(np.float32) if order else np.zeros((0, dim), np.float32)
+    result.embeddings = np.stack([vectors[ik] for ik in order]).astype(np.float32) if order else np.zeros((0, dim), np.float32)
+    result.groups = np.array([i for i, _ in order], dtype=np.int64)
     if until == "embed":
         return result
     return cluster_stage(spec, result, cached_only=cached_only)
@@ -357,18 +391,19 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
     Re-entrant: a sweep calls it once per point on the same upstream result.
     """
     records = result.records
-    rows = [r for r in records if r.embedding_row is not None]
-    if not rows:
+    if not len(result.embeddings):
         raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")
     for rec in records:
-        rec.label, rec.probability = -1, 0.0
+        rec.label, rec.probability, rec.face_labels = -1, 0.0, {}
         if rec.reason == R.CLUSTER_NOISE:
             rec.reason = rec.detail = None
-    # The image each embedded row came from (cannot-link groups); one face per image today.
-    groups = np.arange(len(rows))
+    # groups: the image each row came from, so faces of one image never share a cluster.
     labels, probs = reduce_and_cluster(spec, result.embeddings, StageCache(spec.cache_dir), result,
-                                       cached_only=cached_only, groups=groups)
-    for rec in rows:
+                                       cached_only=cached_only, groups=result.groups)
+    for rec in records:
+        rec.face_labels = {k: int(labels[row]) for k, row in rec.face_rows.items()}
+        if rec.embedding_row is None:
+            continue
         rec.label, rec.probability = int(labels[rec.embedding_row]), float(probs[rec.embedding_row])
         if rec.label < 0:
             rec.reason, rec.detail = R.CLUSTER_NOISE, "not close enough to any cluster"

@@ -21,6 +21,7 @@ class Face:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     landmarks: tuple[tuple[float, float], ...]  # 5 points: eyes, nose, mouth corners (image left first)
     score: float
+    detector: str | None = None  # which detector found it (provenance; detector=auto tries several)
 
     @property
     def width(self) -> float:
@@ -39,11 +40,14 @@ class Face:
         return np.asarray(self.landmarks, dtype=np.float32).reshape(5, 2)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "box": [round(float(v), 2) for v in self.box],
             "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
             "score": round(float(self.score), 5),
         }
+        if self.detector is not None:
+            d["detector"] = self.detector
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Face":
@@ -51,6 +55,7 @@ class Face:
             box=tuple(float(v) for v in d["box"]),
             landmarks=tuple((float(x), float(y)) for x, y in d["landmarks"]),
             score=float(d["score"]),
+            detector=d.get("detector"),
         )
 
 
@@ -69,7 +74,9 @@ class ImageRecord:
     blur: float | None = None
     reason: str | None = None  # why the image is noise before clustering (see codes above)
     detail: str | None = None  # human-readable detail for the reason
-    embedding_row: int | None = None  # row in the embedding matrix
+    embedding_row: int | None = None  # row of the chosen face in the embedding matrix
+    face_rows: dict[int, int] = field(default_factory=dict)  # face index -> row (several with faces.select=all)
+    face_labels: dict[int, int] = field(default_factory=dict)  # face index -> cluster
     label: int = -1
     probability: float = 0.0
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .export import NOISE, identity_names, output_path
+from .export import NOISE, identity_names, output_path, record_folders
 from .pipeline import Result
 
 FORMAT_VERSION = 1
@@ -36,9 +36,10 @@ def build_report(result: Result, config: dict, models: dict, input_dir, output_d
     recs = result.records
     stats = statistics(result)
     names = identity_names(stats["identities"])
-    members: dict[int, list[str]] = {}
+    members: dict[str, list[str]] = {}
     for r in recs:
-        members.setdefault(r.label, []).append(r.rel_path)
+        for folder in record_folders(r, names):
+            members.setdefault(folder, []).append(r.rel_path)
     images = []
     for r in recs:
         face = r.face
@@ -59,6 +60,10 @@ def build_report(result: Result, config: dict, models: dict, input_dir, output_d
             "reason": r.reason,
             "detail": r.detail,
             "output": output_path(r, names),
+            "face_clusters": [
+                {"face_index": k, "cluster": c, "identity": names[c] if c >= 0 else NOISE}
+                for k, c in sorted(r.face_labels.items())
+            ],
             "faces": [f.to_dict() for f in r.faces],
         })
     return {
@@ -71,10 +76,10 @@ def build_report(result: Result, config: dict, models: dict, input_dir, output_d
         "models": models,
         "cache_keys": result.keys,
         "clusters": [
-            {"identity": name, "cluster": i, "size": len(members.get(i, [])), "images": members.get(i, [])}
+            {"identity": name, "cluster": i, "size": len(members.get(name, [])), "images": members.get(name, [])}
             for i, name in enumerate(names)
         ],
-        "noise": {"size": stats["noise"], "reasons": stats["noise_reasons"], "images": members.get(-1, [])},
+        "noise": {"size": len(members.get(NOISE, [])), "reasons": stats["noise_reasons"], "images": members.get(NOISE, [])},
         "statistics": stats,
         "images": images,
     }

@@ -191,3 +191,53 @@ def test_largest_face_of_a_group_photo_is_chosen(tmp_path, config):
     assert len(rec.faces) == 6
     areas = [f.width * f.height for f in rec.faces]
     assert rec.face_index == int(np.argmax(areas))
+
+
+def _side_by_side(a: Image.Image, b: Image.Image) -> Image.Image:
+    h = max(a.height, b.height)
+    out = Image.new("RGB", (a.width + b.width + 40, h), (128, 128, 128))
+    out.paste(a, (0, 0))
+    out.paste(b, (a.width + 40, 0))
+    return out
+
+
+@pytest.mark.parametrize("cannot_link", [True, False])
+def test_select_all_clusters_every_face_and_respects_cannot_link(small_set, tmp_path, config, cannot_link):
+    folder, truth = small_set
+    person = sorted(truth)[0]
+    crop = Image.open(folder / person).convert("RGB")
+    # The same person twice in one photo: cannot-link must keep the two faces apart.
+    _side_by_side(crop, crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)).save(folder / "twice.png")
+    result = run(config(folder, "faces.select=all", "clusterer=agglomerative",
+                        f"clusterer.cannot_link_same_image={str(cannot_link).lower()}"))
+    rec = next(r for r in result.records if r.rel_path == "twice.png")
+    assert len(rec.face_rows) == 2 and len(result.embeddings) == len(truth) + 2
+    assert set(result.groups.tolist()) == set(range(len(result.records)))
+    person_label = next(r.label for r in result.records if r.rel_path == person)
+    labels = sorted(rec.face_labels.values())
+    if cannot_link:
+        assert labels.count(person_label) == 1  # one face joins the person, the other cannot
+    else:
+        assert labels == [person_label, person_label]
+
+
+def test_group_photo_lands_in_each_persons_folder(demo_set, tmp_path, config):
+    from rich.console import Console
+
+    from idcluster import app
+    from idcluster.demo_data import insightface_image
+
+    folder, truth = demo_set
+    work = tmp_path / "in"
+    work.mkdir()
+    for name in truth:
+        if truth[name].startswith("t1_person"):
+            (work / name).symlink_to(folder / name)
+    Image.open(insightface_image("t1.jpg")).save(work / "group.jpg")
+    report = app.cluster(config(work, "faces.select=all"), Console(quiet=True), progress=False)
+    row = next(r for r in report["images"] if r["rel_path"] == "group.jpg")
+    identities = [f["identity"] for f in row["face_clusters"]]
+    assert len(identities) == 6 and len(set(identities)) == 6 and "noise" not in identities
+    for c in report["clusters"]:
+        assert "group.jpg" in c["images"]
+        assert (tmp_path / "out" / c["identity"] / "group.jpg").is_file()
