@@ -100,3 +100,27 @@ def test_quality_floor_on_lfw_with_distractors(eval_root, tmp_path, option, floo
     result = pipeline.run(make_spec(cfg, "cluster", progress=False))
     m = evaluate(result.records, truth, ("lfw_150px_distractor_singletons",))
     assert m["bcubed_f1"] >= floor
+
+
+def test_hdbscan_matches_scikit_learn_and_caches_its_tree(tmp_path, monkeypatch):
+    from sklearn import cluster as skcluster
+
+    X, _ = blobs(n_ids=5, per_id=12, spread=0.08)
+    expected = skcluster.HDBSCAN(min_cluster_size=4, min_samples=2, copy=True).fit_predict(X)
+    fits = {"n": 0}
+    original = skcluster.HDBSCAN.fit
+
+    def counting(self, *a, **k):
+        fits["n"] += 1
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(skcluster.HDBSCAN, "fit", counting)
+    ours = HDBSCAN(min_cluster_size=4, min_samples=2, memory=str(tmp_path / "trees"), cannot_link_same_image=False)
+    assert (ours.fit_predict(X) == expected).all()
+    for size in (3, 5, 8):  # a min_cluster_size sweep reuses the cached tree
+        HDBSCAN(min_cluster_size=size, min_samples=2, memory=str(tmp_path / "trees")).fit_predict(X)
+    assert fits["n"] == 1
+    HDBSCAN(min_cluster_size=4, min_samples=3, memory=str(tmp_path / "trees")).fit_predict(X)
+    assert fits["n"] == 2  # min_samples changes the tree
+    for algorithm in ("brute", "kd_tree"):
+        assert (HDBSCAN(min_cluster_size=4, algorithm=algorithm, cannot_link_same_image=False).fit_predict(X) == expected).all()
