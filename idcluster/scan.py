@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from .errors import InputError
 from .records import UNREADABLE, ImageRecord
 
 _CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -37,8 +39,11 @@ def scan_folder(input_dir: str | Path, exclude: list[str | Path] = ()) -> list[I
     root = root.resolve()
     skip = {Path(p).expanduser().resolve() for p in exclude}
 
+    def unreadable(err: OSError) -> None:
+        log.warning("cannot read folder %s (%s): its files are skipped", err.filename, err.strerror)
+
     records: list[ImageRecord] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip)
         for name in sorted(filenames):

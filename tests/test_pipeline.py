@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -241,3 +242,22 @@ def test_group_photo_lands_in_each_persons_folder(demo_set, tmp_path, config):
     for c in report["clusters"]:
         assert "group.jpg" in c["images"]
         assert (tmp_path / "out" / c["identity"] / "group.jpg").is_file()
+
+
+def test_unreadable_subfolder_is_a_warning(small_set, tmp_path, config, caplog, monkeypatch):
+    folder, truth = small_set
+    locked = folder / "locked"
+    locked.mkdir()
+    (locked / "hidden.png").write_bytes(b"never read")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # what a folder without read permission does (root would read it anyway)
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING, logger="idcluster"):
+        result = run(config(folder), until="detect")
+    assert len(result.records) == len(truth)
+    assert f"cannot read folder {locked} (Permission denied): its files are skipped" in caplog.text
