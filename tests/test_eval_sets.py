@@ -36,3 +36,28 @@ def test_lfw_40_identities_with_distractors(eval_root, tmp_path):
 def test_face_recognition_examples_are_perfect(eval_root, tmp_path):
     m = run_sets(eval_root, ["face_recognition_knn_examples"], tmp_path, "clusterer.min_cluster_size=2")
     assert m["bcubed_f1"] == 1.0
+
+
+@pytest.mark.parametrize("clusterer", ["hdbscan", "agglomerative", "chinese_whispers"])
+def test_group_photos_faces_join_their_people(eval_root, tmp_path, clusterer):
+    """fr_obama_and_biden.jpg and fr_kit_with_rose.jpg with faces.select=all: each named person's
+    face joins that person's cluster from the face_recognition examples, never the same cluster."""
+    import os
+
+    dest = tmp_path / "input"
+    truth = link_sets([eval_root / "face_recognition_knn_examples"], dest)
+    (dest / "group").mkdir()
+    pairs = {"fr_obama_and_biden.jpg": {"obama", "biden"}, "fr_kit_with_rose.jpg": {"kit_harington", "rose_leslie"}}
+    for name in pairs:
+        os.symlink(eval_root / "group_photos" / name, dest / "group" / name)
+    cfg = load_config([f"input_dir={dest}", f"output_dir={tmp_path / 'out'}", "faces.select=all",
+                       f"clusterer={clusterer}", "clusterer.min_cluster_size=2"])
+    result = pipeline.run(make_spec(cfg, "cluster", progress=False))
+    person_of_cluster = {}
+    for r in result.records:
+        if r.rel_path in truth and r.label >= 0:
+            person_of_cluster[r.label] = truth[r.rel_path][1].split(":")[1]
+    for r in result.records:
+        if r.rel_path.startswith("group/"):
+            people = [person_of_cluster.get(c) for c in r.face_labels.values() if c >= 0]
+            assert sorted(people) == sorted(pairs[r.rel_path.split("/")[1]])
