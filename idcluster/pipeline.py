@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.preprocessing import FunctionTransformer
 
 from . import records as R
 from .cache import StageCache, cache_key
@@ -327,7 +328,9 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
         raise CacheMiss(f"no cached clustering for this config in {cache.root}: run `idcluster cluster` with the same overrides first")
 
     t0 = time.perf_counter()
-    reduced = cache.get_arrays(REDUCE, rkey)
+    # reducer=none is an identity FunctionTransformer: caching a copy of every embedding buys nothing.
+    identity = isinstance(spec.reducer, FunctionTransformer) and spec.reducer.func is None
+    reduced = {"Z": X} if identity else cache.get_arrays(REDUCE, rkey)
     if reduced is None:
         try:
             Z = np.asarray(spec.reducer.fit_transform(X), dtype=np.float32)

@@ -42,7 +42,7 @@ def test_detect_embed_cluster_export(small_set, tmp_path):
     assert result.exit_code == 0, result.output
     assert "7 identities from 21 images" in result.output
     first = json.loads((out / "identity_clustering.json").read_text())
-    assert first["statistics"]["computed"] == {"reduce": 1, "cluster": 1}  # detect and embed came from the cache
+    assert first["statistics"]["computed"] == {"cluster": 1}  # detect and embed came from the cache
 
     # export re-materialises from the cache: computes nothing.
     result = invoke("export", *common, "export.overwrite=true", "export.save_faces=true")

@@ -261,3 +261,12 @@ def test_unreadable_subfolder_is_a_warning(small_set, tmp_path, config, caplog, 
         result = run(config(folder), until="detect")
     assert len(result.records) == len(truth)
     assert f"cannot read folder {locked} (Permission denied): its files are skipped" in caplog.text
+
+
+def test_reduction_is_cached_and_shared_by_clusterer_changes(small_set, config):
+    folder, _ = small_set
+    first = run(config(folder, "reducer=pca", "reducer.n_components=8"))
+    assert first.computed["reduce"] == 1
+    second = run(config(folder, "reducer=pca", "reducer.n_components=8", "clusterer.min_samples=1"))
+    assert dict(second.computed) == {"cluster": 1}
+    assert "reduce" not in run(config(folder)).computed  # reducer=none stores nothing
