@@ -55,7 +55,8 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def load_config(overrides: list[str] = (), require_input: bool = True, defaults: list[str] = ()) -> DictConfig:
+def load_config(overrides: list[str] = (), require_input: bool = True, defaults: list[str] = (),
+                resolve: bool = True) -> DictConfig:
     """Compose conf/ + `defaults` (the project file's, lower precedence) + `overrides`.
 
     A default that does not fit the chosen components (e.g. `clusterer.min_samples`
@@ -67,7 +68,8 @@ def load_config(overrides: list[str] = (), require_input: bool = True, defaults:
         try:
             with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
                 cfg = compose(config_name="config", overrides=[*soft, *overrides])
-            OmegaConf.resolve(cfg)
+            if resolve:
+                OmegaConf.resolve(cfg)
             break
         except (HydraException, OmegaConfBaseException) as e:
             msg = _one_line(e)

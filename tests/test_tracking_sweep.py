@@ -144,3 +144,20 @@ def test_label_free_metrics():
     assert m["nearest_inter_similarity"] == pytest.approx(np.cos(np.pi / 2 - np.arctan(0.2 / 0.98)), abs=1e-6)
     assert m["silhouette"] > 0.8
     assert label_free(X, np.full(5, -1))["identities"] == 0
+
+
+def test_point_composer_equals_a_full_compose():
+    from omegaconf import OmegaConf
+
+    from idcluster.config import load_config
+    from idcluster.sweep import PointComposer
+
+    base = ["input_dir=x", "clusterer.min_cluster_size=4"]
+    compose = PointComposer(base, defaults=["workers=1"])
+    points, _ = expand_grid(["clusterer=hdbscan,agglomerative", "embedder=dlib,facenet",
+                             "++embedder.distance_threshold=0.05,0.2", "faces.min_face_size=10"])
+    for point in points:  # base's min_cluster_size exists in both clusterers
+        expected = load_config([*base, *point], defaults=["workers=1"])
+        assert OmegaConf.to_container(compose(point)) == OmegaConf.to_container(expected)
+    with pytest.raises(ConfigError, match="bad override"):
+        compose(["clusterer.no_such_key=1"])
