@@ -19,7 +19,8 @@ from PIL import Image, ImageEnhance
 from .errors import ModelError
 from .images import load_image
 
-# (name, function) pairs; each is applied to every identity's base crop.
+# (name, function) pairs; each is applied to every identity's base crop
+# ("rot" turns the other way for every second identity, so variants differ between people).
 AUGMENTATIONS = (
     ("orig", lambda im: im),
     ("flip", lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
@@ -30,7 +31,6 @@ AUGMENTATIONS = (
     ("bright", lambda im: ImageEnhance.Brightness(im).enhance(1.35)),
     ("rot", lambda im: im.rotate(10, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=(128, 128, 128))),
 )
-# Rotated the other way for every second identity, so variants differ between people.
 FORMATS = ("png", "jpg", "webp")
 
 
@@ -77,7 +77,7 @@ def build_demo_set(root: Path, detector, augmentations=AUGMENTATIONS) -> tuple[P
     instances.mkdir(parents=True, exist_ok=True)
     items = []
     for ident_no, (identity, crop) in enumerate(sorted(base_crops(detector).items())):
-        for aug_no, (aug, fn) in enumerate(augmentations):
+        for aug, fn in augmentations:
             im = fn(crop.rotate(-10, resample=Image.Resampling.BICUBIC, fillcolor=(128, 128, 128))) if (aug == "rot" and ident_no % 2) else fn(crop)
             items.append((identity, aug, im))
     # Shuffle deterministically so file order says nothing about identity.
