@@ -37,11 +37,28 @@ def onnx_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def onnx_session(model: bytes | str, device: str, threads: int = 0):
+def onnx_session_options(threads: int = 0):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # keep onnxruntime's own warnings out of the progress bars
     if threads:
         opts.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(model, sess_options=opts, providers=onnx_providers(device))
+    return opts
+
+
+def onnx_session(model: bytes | str, device: str, threads: int = 0):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, sess_options=onnx_session_options(threads), providers=onnx_providers(device))
+
+
+def torch_device(device: str) -> str:
+    """torch device for `device`; cuda without a CUDA torch is one warning and a CPU run."""
+    import torch
+
+    if check_device(device) == "cuda":
+        if torch.cuda.is_available():
+            return "cuda"
+        _warn_once("device=cuda asked for, but torch sees no CUDA device: running on CPU")
+    return "cpu"

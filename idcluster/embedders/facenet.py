@@ -24,6 +24,12 @@ def prewhiten(x: np.ndarray) -> np.ndarray:
 
 class FaceNetEmbedder:
     dim = 512
+    alignment = "similarity warp of the 5 landmarks to the ArcFace template scaled to image_size"
+    normalisation = "per-image prewhitening (x - mean) / max(std, 1/sqrt(n)), RGB"
+
+    @property
+    def input_size(self) -> int:
+        return self.image_size
 
     def __init__(self, image_size: int = 160, device: str = "cpu"):
         self.image_size = image_size

@@ -1,0 +1,79 @@
+"""detector=auto: a chain of detectors, tried per image in order.
+
+The next detector runs only on images where the previous ones found no face,
+so the cheap, accurate first detector does most of the work. Every face keeps
+the name of the detector that found it (`Face.detector`, written to
+identity_clustering.json). The chain's model_id combines its members' ids, so
+changing any member changes the detect cache key.
+
+The members are given as configs (`_target_` + arguments) and built here, so
+`device` and `threads` are set once for the whole chain and stay out of the
+members' parameters (and so out of cache keys).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..records import Face
+
+
+def _build(spec: Any, device: str, threads: int):
+    from hydra.utils import get_class, instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(spec, (dict, DictConfig)) or "_target_" not in spec:
+        return spec  # already a detector object
+    cfg = OmegaConf.create(OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec))
+    try:
+        cls = get_class(cfg._target_)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"detector.detectors: cannot import {cfg._target_}: {e}") from None
+    accepted = inspect.signature(cls.__init__).parameters
+    for key, value in (("device", device), ("threads", threads)):
+        if key in accepted and key not in cfg:
+            cfg[key] = value
+    try:
+        return instantiate(cfg)
+    except Exception as e:  # noqa: BLE001 - a bad member argument: one line naming the member
+        cause = e.__cause__ or e
+        raise ConfigError(f"detector.detectors: cannot build {cfg._target_}: {cause}") from None
+
+
+class ChainDetector:
+    def __init__(self, detectors: list, names: list[str] | None = None, device: str = "cpu", threads: int = 0):
+        if not detectors:
+            raise ConfigError("detector.detectors must list at least one detector")
+        self.device = device
+        self.threads = threads
+        self.detectors = [_build(d, device, threads) for d in detectors]
+        self.names = list(names) if names else [type(d).__name__ for d in self.detectors]
+        if len(self.names) != len(self.detectors):
+            raise ConfigError("detector.names must name each of detector.detectors")
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        # The pipeline sets threads=1 on the detector it sends to worker processes: pass it on.
+        self._threads = value
+        for d in getattr(self, "detectors", []):
+            if hasattr(d, "threads"):
+                d.threads = value
+
+    @property
+    def model_id(self) -> str:
+        return "chain[" + ",".join(f"{n}={d.model_id}" for n, d in zip(self.names, self.detectors)) + "]"
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        for name, det in zip(self.names, self.detectors):
+            faces = det.detect(image)
+            if faces:
+                return [f if f.detector == name else Face(f.box, f.landmarks, f.score, name) for f in faces]
+        return []
