@@ -150,19 +150,22 @@ def run_sweep(base: list[str], sweep_overrides: list[str], console: Console, nam
     return {"rows": ranked, "best": best, "command": command, "metric": metric, "out_dir": str(out_dir), "seconds": total}
 
 
-COLUMNS = ("bcubed_f1", "pairwise_f1", "silhouette", "identities", "noise_share", "seconds")
+COLUMNS = ("bcubed_f1", "identities", "noise_share", "seconds")  # all metrics are in sweep.csv
 
 
 def print_table(console: Console, rows: list[dict], metric: str, swept: list[str], limit: int = 20) -> None:
-    table = Table(title=f"sweep points by {metric}", title_justify="left")
+    """One column per swept key (its last name part, values only) so the table stays narrow."""
+    table = Table(title=f"sweep points by {metric} (swept: {', '.join(swept)})", title_justify="left")
     table.add_column("#", justify="right")
-    table.add_column("overrides")
+    for key in swept:
+        table.add_column(key.lstrip("+~").rsplit(".", 1)[-1])
     cols = [metric] + [c for c in COLUMNS if c != metric and any(c in r for r in rows)]
     for c in cols:
         table.add_column(c, justify="right")
     for r in rows[:limit]:
+        values = dict(o.split("=", 1) for o in r["overrides"])
         cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols]
-        table.add_row(str(r["point"]), " ".join(r["overrides"]), *cells)
+        table.add_row(str(r["point"]), *[values.get(k, "") for k in swept], *cells)
     console.print(table)
 
 
