@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-
-import numpy as np
 
 from . import pipeline, tracking
 from .config import build, params
@@ -66,8 +65,10 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     """Run everything (or read it all from cache), export folders and the JSON; return the report."""
     spec = make_spec(cfg, "cluster", progress)
     output_dir = Path(cfg.output_dir).expanduser()
-    # Check the output before hours of work, not after.
+    # Check the output and the labels before hours of work, not after.
     check_mode(cfg.export.mode)
+    if cfg.labels and cfg.labels != "folders" and not Path(str(cfg.labels)).expanduser().is_file():
+        raise ConfigError(f"labels must be 'folders' or a labels.csv path; not found: {Path(str(cfg.labels)).expanduser()}")
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
     result = pipeline.run(spec, until="cluster", cached_only=cached_only)
     t0 = time.perf_counter()

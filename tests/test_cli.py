@@ -131,3 +131,11 @@ def test_demo(tmp_path):
     assert "demo: 56 instance crops of 7 people" in result.output
     line = next(l for l in result.output.splitlines() if l.startswith("BCubed F1"))
     assert float(line.split()[2]) >= 0.95
+
+
+def test_missing_labels_file_fails_before_any_work(small_set, tmp_path):
+    folder, _ = small_set
+    result = invoke("cluster", f"input_dir={folder}", f"output_dir={tmp_path / 'out'}", f"labels={tmp_path / 'nope.csv'}")
+    assert result.exit_code == 2
+    assert result.output == f"error: labels must be 'folders' or a labels.csv path; not found: {tmp_path / 'nope.csv'}\n"
+    assert not (tmp_path / "out").exists()
