@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
+from ..insightface_pack import PackModel
 from ..records import Face
-from ..runtime import onnx_providers, onnx_session_options
-from ..weights import file_sha256
 from ._layout import RETINAFACE_BOX, landmarks_in_box
 
 
-def load_insightface_model(path, kind: type, device: str, threads: int):
-    """insightface.model_zoo.get_model on one file, checked to route to `kind` (SCRFD, ArcFaceONNX)."""
-    from insightface.model_zoo import get_model
+class SCRFDDetector(PackModel):
+    role, id_prefix = "detection", "insightface-scrfd"
 
-    try:
-        model = get_model(str(path), providers=onnx_providers(device), sess_options=onnx_session_options(threads))
-    except Exception as e:  # noqa: BLE001 - onnxruntime/protobuf errors on a bad file: one line
-        raise ModelError(f"InsightFace could not load {path}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    if not isinstance(model, kind):
-        raise ModelError(f"InsightFace routes {path} to {type(model).__name__ if model is not None else 'nothing'}, "
-                         f"not {kind.__name__}")
-    return model
-
-
-class SCRFDDetector:
     def __init__(
         self,
         pack: str = "buffalo_l",
@@ -55,30 +41,13 @@ class SCRFDDetector:
         self._path = None
         self._model = None
 
-    def model_path(self):
-        if self._path is None:
-            from ..model_store import find_pack_model
-
-            self._path = find_pack_model(self.pack, "detection", root=self.root, download=self.download)
-        return self._path
-
-    @property
-    def model_id(self) -> str:
-        p = self.model_path()
-        return f"insightface-scrfd:{p.name}:{file_sha256(p)[:16]}"
-
     def _get_model(self):
         if self._model is None:
             from insightface.model_zoo.scrfd import SCRFD
 
-            self._model = load_insightface_model(self.model_path(), SCRFD, self.device, self.threads)
+            self._model = self._load(SCRFD)
             self._model.nms_thresh = float(self.nms_threshold)
         return self._model
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_model"] = None
-        return state
 
     def _size(self) -> tuple[int, int]:
         s = self.input_size

@@ -16,11 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
+from ..insightface_pack import PackModel
 from ..records import Face
-from ..weights import file_sha256
 
 
-class ArcFaceEmbedder:
+class ArcFaceEmbedder(PackModel):
+    role, id_prefix = "recognition", "insightface-arcface"
     alignment = "InsightFace norm_crop: similarity warp to the ArcFace 5-point template at the model's input size"
     normalisation = "InsightFace's: RGB, (x - 127.5) / 127.5 (none for MXNet-converted graphs, detected from the graph)"
 
@@ -42,25 +43,11 @@ class ArcFaceEmbedder:
         self._path = None
         self._model = None
 
-    def model_path(self):
-        if self._path is None:
-            from ..model_store import find_pack_model
-
-            self._path = find_pack_model(self.pack, "recognition", root=self.root, download=self.download)
-        return self._path
-
-    @property
-    def model_id(self) -> str:
-        p = self.model_path()
-        return f"insightface-arcface:{p.name}:{file_sha256(p)[:16]}"
-
     def _get_model(self):
         if self._model is None:
             from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
-            from ..detectors.scrfd import load_insightface_model
-
-            self._model = load_insightface_model(self.model_path(), ArcFaceONNX, self.device, self.threads)
+            self._model = self._load(ArcFaceONNX)
             out = self._model.output_shape
             if len(out) != 2 or not isinstance(out[1], int):
                 raise ModelError(f"{self.model_path()} outputs {out}, not one [n, d] embedding")
@@ -73,11 +60,6 @@ class ArcFaceEmbedder:
     @property
     def dim(self) -> int:
         return int(self._get_model().output_shape[1])
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_model"] = None
-        return state
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         import warnings
