@@ -12,7 +12,7 @@ from rich.console import Console
 from . import pipeline, tracking
 from .config import build, params
 from .errors import ConfigError
-from .evaluation import evaluate, ground_truth
+from .evaluation import check_labels, evaluate, ground_truth
 from .metrics import label_free
 from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
 from .report import build_report, print_summary
@@ -67,8 +67,8 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     output_dir = Path(cfg.output_dir).expanduser()
     # Check the output and the labels before hours of work, not after.
     check_mode(cfg.export.mode)
-    if cfg.labels and cfg.labels != "folders" and not Path(str(cfg.labels)).expanduser().is_file():
-        raise ConfigError(f"labels must be 'folders' or a labels.csv path; not found: {Path(str(cfg.labels)).expanduser()}")
+    if cfg.labels:
+        check_labels(str(cfg.labels))
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
     result = pipeline.run(spec, until="cluster", cached_only=cached_only)
     t0 = time.perf_counter()

@@ -34,16 +34,23 @@ def read_labels(set_dir: Path) -> dict[str, str]:
     return out
 
 
+def check_labels(labels: str) -> None:
+    """The `labels=` option names `folders` or an existing file (checked before any work)."""
+    from .errors import ConfigError
+
+    if labels != "folders" and not Path(labels).expanduser().is_file():
+        raise ConfigError(f"labels must be 'folders' or a labels.csv path; not found: {Path(labels).expanduser()}")
+
+
 def ground_truth(labels: str, records) -> dict[str, tuple[str, str]]:
     """The `labels=` option: a labels.csv path (relative_path,identity) or `folders`
     (each input's first folder is its identity). Returns rel path -> ("", identity)."""
     from .errors import ConfigError
 
+    check_labels(labels)
     if labels == "folders":
         return {r.rel_path: ("", r.rel_path.split("/")[0]) for r in records if "/" in r.rel_path}
     path = Path(labels).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"labels must be 'folders' or a labels.csv path; not found: {path}")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"relative_path", "identity"} <= set(rows[0]):
