@@ -69,10 +69,12 @@ def project():
     return load_project(STATE["project"])
 
 
-def load(overrides: Optional[list[str]], *front: str):
-    """The run config: conf/ < project defaults < `front` (a command's own) < CLI overrides."""
+def load(overrides: Optional[list[str]], *front: str, require_input: bool = True):
+    """The run config: conf/ < project defaults < `front` (a command's own) < CLI overrides.
+
+    require_input=False for commands that read an earlier output (its JSON) instead of input_dir."""
     from ..config import load_config
     from ..project import resolve
 
     defaults, explicit = resolve(project(), [*front, *(overrides or [])])
-    return load_config(explicit, defaults=defaults)
+    return load_config(explicit, defaults=defaults, require_input=require_input)
