@@ -70,6 +70,9 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     output_dir = Path(cfg.output_dir).expanduser()
     # Check the output and the labels before hours of work, not after.
     check_mode(cfg.export.mode)
+    from .exporters import check_format
+
+    check_format(cfg.export.format)
     if cfg.labels:
         check_labels(str(cfg.labels))
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
@@ -92,6 +95,12 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
         if run_id:
             report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": run_id}
             console.print(f"MLflow run {run_id} in {tracker.uri} (compare: mlflow ui --backend-store-uri {tracker.uri})")
+    if cfg.export.format != "folders":  # a training set too, read from the JSON just written
+        from .exporters import check_format, training_set
+
+        check_format(cfg.export.format)
+        done = training_set(cfg, progress)
+        console.print(f"wrote a {cfg.export.format} training set ({done['files']} images) to {done['dest']}")
     return report
 
 

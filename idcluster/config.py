@@ -89,9 +89,14 @@ def load_config(overrides: list[str] = (), require_input: bool = True, defaults:
                 raise ConfigError(f"bad override: {msg}") from None
             log.warning("project default %s does not apply to this config (%s): ignored", culprit, msg)
             soft.remove(culprit)
-    if require_input and OmegaConf.is_missing(cfg, "input_dir"):
-        raise ConfigError("input_dir is required: add input_dir=path/to/images")
+    if require_input:
+        require_input_dir(cfg)
     return cfg
+
+
+def require_input_dir(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "input_dir"):
+        raise ConfigError("input_dir is required: add input_dir=path/to/images")
 
 
 def build(cfg: DictConfig, group: str) -> Any:
