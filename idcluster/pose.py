@@ -222,7 +222,7 @@ def estimate_cached(items: list[tuple[str, str, Face]], estimator: PoseEstimator
             image = None
         for i in indices:
             pose = None if image is None else estimator.estimate(image, items[i][2])
-            out[i] = pose
+            out[i] = pose = None if pose is None else Pose.from_dict(pose.to_dict())  # as a cache hit reads it
             if image is not None:
                 cache.put_json(POSE, keys[i], pose.to_dict() if pose else {"yaw": None})
         if progress is not None:
