@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from idcluster import pose as P
@@ -232,3 +233,26 @@ def test_bad_inputs_are_one_line_errors(clustered, tmp_path):
     assert r.exit_code == 2 and "identity_001 has no member with a detected face" in r.output
     assert "Traceback" not in r.output
     assert not any(p.is_dir() for p in (out / "identity_001").iterdir())
+
+
+def test_contact_sheets_in_the_output_and_mlflow(clustered, tmp_path):
+    """The run's sheet (a row per identity + noise) beside the JSON; a view sheet per identity, logged to MLflow."""
+    _, out = clustered
+    report = json.loads((out / "identity_clustering.json").read_text())
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.height == 64 * (len(report["clusters"]) + bool(report["noise"]["images"]))
+    dst = _copy_out(clustered, tmp_path)
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    r = invoke("subcluster-pose", f"output_dir={dst}", f"tracking_uri={uri}", "-q")
+    assert r.exit_code == 0, r.output
+    report = json.loads((dst / "identity_clustering.json").read_text())
+    views = report["pose"]["views"]["identity_000"]
+    with Image.open(dst / "contact_sheets" / "identity_000.png") as sheet:
+        assert sheet.height == 64 * len(views)
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    [exp] = [e for e in c.search_experiments() if e.name == "idcluster"]
+    [run] = c.search_runs([exp.experiment_id])
+    assert {a.path for a in c.list_artifacts(run.info.run_id)} == {f"{i}.png" for i in report["pose"]["views"]}
+    assert run.data.metrics[f"views.identity_000.{next(iter(views))}"] == next(iter(views.values()))
