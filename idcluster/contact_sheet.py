@@ -37,6 +37,7 @@ def thumbnail(path: str, box: list[float] | None, size: int) -> Image.Image | No
 def draw_rows(rows: list[tuple[str, list[tuple[str, list | None]], list[tuple[str, list | None]]]], path: Path,
               thumb: int = 64, per_row: int = 8, tail: int = 0) -> Path:
     """rows: (label, head thumbnails, tail thumbnails) with each thumbnail as (image path, face box)."""
+    per_row = max(1, min(per_row, max((len(h) for _, h, _ in rows), default=1)))  # no empty columns
     width = LABEL_W + per_row * thumb + (GAP + tail * thumb if tail else 0)
     sheet = Image.new("RGB", (width, max(1, len(rows)) * thumb), BG)
     draw = ImageDraw.Draw(sheet)
@@ -80,11 +81,10 @@ def identity_sheet(report: dict, path: Path, centrality: dict[str, float] | None
     for c in [c for c in report["clusters"] if not c.get("hidden")][:max_rows]:
         imgs = [by_rel[r] for r in c["images"] if r in by_rel]
         score = (lambda im: centrality.get(im["rel_path"], -1.0)) if centrality else (lambda im: im.get("probability") or 0.0)
-        by_centre = sorted(imgs, key=lambda im: -score(im))
         by_doubt = sorted(imgs, key=lambda im: ((im.get("probability") or 0.0) if im.get("identity") == c["identity"] else 0.0, score(im)))
-        head = by_centre[:central]
-        shown = {im["rel_path"] for im in head}
-        rest = [im for im in by_doubt if im["rel_path"] not in shown][:least]
+        rest = by_doubt[:min(least, len(imgs) // 2)]  # a small identity still shows its doubtful half
+        doubtful = {im["rel_path"] for im in rest}
+        head = sorted((im for im in imgs if im["rel_path"] not in doubtful), key=lambda im: -score(im))[:central]
         label = f"{c.get('name') or c['identity']}\n{c['size']} images"
         if c.get("name"):
             label += f"\n{c['identity']}"

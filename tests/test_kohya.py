@@ -198,3 +198,13 @@ def test_bad_export_settings_are_one_line_errors(out, tmp_path):
     report = json.loads((out / "identity_clustering.json").read_text())
     r = invoke("export", f"output_dir={out}", "export.format=kohya", f"export.dest={report['input_dir']}/t", "tracking=off")
     assert r.exit_code == 2 and "overlaps" in r.output
+
+
+def test_cluster_with_kohya_format_writes_the_training_set_too(clustered, out, tmp_path):
+    inputs, _ = clustered
+    dest = tmp_path / "train"
+    r = invoke("cluster", f"input_dir={inputs}", f"output_dir={out}", "clusterer.min_cluster_size=3", "export.overwrite=true",
+               "export.format=kohya", f"export.dest={dest}", "export.names.identity_000=woody", "tracking=off", "-q")
+    assert r.exit_code == 0, r.output
+    assert "wrote a kohya training set (21 images)" in r.output
+    assert (dest / "10_woody").is_dir() and (dest / "manifest.csv").is_file()

@@ -27,7 +27,7 @@ def subcluster_pose(overrides: Optional[list[str]] = Overrides, quiet: bool = Qu
     for ident, counts in result["views"].items():
         table.add_row(ident, *[str(counts.get(v, 0)) for v in views], str(sum(counts.values())))
     out.print(table)
-    for name, c in result["centres"].items():
+    for name, c in sorted(result["centres"].items()):
         out.print(f"{name}: centre yaw {c['yaw']:+.0f}, pitch {c['pitch']:+.0f}")
     if result["sheets"]:
         out.print(f"contact sheets in {result['sheets'][0].parent}")
