@@ -25,7 +25,7 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 def groups_epilog() -> str:
     lines = ["Config groups (choose with group=option, * = default):"]
     defaults = default_options()
-    for g in GROUPS:
+    for g in (*GROUPS, "pose"):  # pose: views of subcluster-pose and kohya captions
         opts = [o + ("*" if o == defaults.get(g) else "") for o in group_options(g)]
         lines.append(f"  {g}: {', '.join(opts)}")
     lines.append("Any key of the composed config can be overridden, e.g. clusterer.min_cluster_size=5.")
