@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import pose as P
 from .cache import StageCache
 from .errors import ConfigError, InputError
-from .export import JSON_NAME, _Linker, check_mode, flat_name, write_json_atomic
+from .export import JSON_NAME, Linker, check_mode, flat_name, write_json_atomic
 from .identities import Identity, Member, identities, read_report, select
 from .progress import stage_bar
 
@@ -109,7 +109,7 @@ def subcluster_pose(cfg: DictConfig, identity: str | None = None, progress: bool
         raise InputError(f"pose.output_dir={root} lies inside the input folder {input_dir}: choose another folder")
 
     poses, views, centres = estimate_views(members, settings, StageCache(Path(cfg.cache_dir).expanduser()), progress)
-    link = _Linker(mode)
+    link = Linker(mode)
     counts: dict[str, Counter] = {}
     by_view: dict[str, dict[str, list]] = {}
     for ident in chosen:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
-from ..export import _Linker, check_mode, flat_name
+from ..export import Linker, check_mode, flat_name
 from ..identities import Identity, Member, folder_name
 from ..pose import Bins, nearest_bin
 from .captions import caption
@@ -134,7 +134,7 @@ def export_kohya(ids: list[Identity], views: dict[tuple[str, str], str], dest: P
     reps = repeats_for({k: len(v) for k, v in chosen.items()}, settings.repeats, settings.max_repeats)
 
     dest.mkdir(parents=True, exist_ok=True)
-    link = _Linker(settings.mode)
+    link = Linker(settings.mode)
     written: set[str] = set()
     rows, folders = [], {}
     for ident in ids:
