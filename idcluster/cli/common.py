@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.logging import RichHandler
 
 from ..config import GROUPS, default_options, group_options
@@ -50,7 +51,8 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except IdclusterError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # escape: rich would read "[torch]" in "pip install 'idcluster[torch]'" as markup and drop it
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished images are cached; run the same command again to resume", highlight=False)
