@@ -78,10 +78,10 @@ def calibrate(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
 
 
 def square(boxes: np.ndarray) -> np.ndarray:
-    """Boxes grown to squares around their centres (the next net's input is square)."""
+    """Whole-pixel squares around the boxes' centres (the next net's input is square)."""
     centre = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
     half = np.max(boxes[:, 2:4] - boxes[:, 0:2], axis=1, keepdims=True) / 2
-    return np.hstack([centre - half, centre + half])
+    return np.round(np.hstack([centre - half, centre + half]))
 
 
 def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
@@ -95,6 +95,11 @@ def crops(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
             patch[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = image[sy1:sy2, sx1:sx2]
         out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
     return out
+
+
+def _valid(boxes: np.ndarray) -> np.ndarray:
+    """Drop boxes a regression turned inside out (no pixels to crop)."""
+    return boxes[(boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)]
 
 
 class MTCNNCascade:
@@ -139,17 +144,19 @@ class MTCNNCascade:
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         none = np.empty((0, 4)), np.empty(0), np.empty((0, 5, 2))
         boxes, _ = self._proposals(image)
+        boxes = _valid(square(boxes))
         if not len(boxes):
             return none
         # R-net: refine and reject proposals.
-        boxes = np.round(square(boxes))
         reg, prob = self._run(self.rnet, crops(image, boxes, 24))
         ok = prob[:, 1] > self.thresholds[1]
         boxes, scores, reg = boxes[ok], prob[ok, 1].astype(np.float64), reg[ok]
         keep = nms(boxes, scores, 0.7)
         if not len(keep):
             return none
-        boxes = np.round(square(calibrate(boxes[keep], reg[keep])))
+        boxes = _valid(square(calibrate(boxes[keep], reg[keep])))
+        if not len(boxes):
+            return none
         # O-net: final score, box and the 5 landmarks (x's then y's, relative to the box).
         reg, points, prob = self._run(self.onet, crops(image, boxes, 48))
         ok = prob[:, 1] > self.thresholds[2]
