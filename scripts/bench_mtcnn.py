@@ -66,10 +66,10 @@ def timed_detect(det, image):
 
 def agreement(pairs: list) -> dict:
     """pairs: (faces, reference faces) per image where both found a face."""
-    ious, nmes, onnx_faces, matched = [], [], 0, 0
+    ious, nmes, faces, matched = [], [], 0, 0
     for a_faces, b_faces in pairs:
         for a in a_faces:
-            onnx_faces += 1
+            faces += 1
             b = max(b_faces, key=lambda f: iou(a.box, f.box))
             o = iou(a.box, b.box)
             if o >= 0.5:
@@ -79,7 +79,7 @@ def agreement(pairs: list) -> dict:
     if not ious:
         return {"images_both": len(pairs), "faces_matched": 0}
     return {
-        "images_both": len(pairs), "onnx_faces": onnx_faces, "faces_matched": matched,
+        "images_both": len(pairs), "faces": faces, "faces_matched": matched,
         "box_iou_mean": float(np.mean(ious)), "box_iou_median": float(np.median(ious)),
         "nme_mean": float(np.mean(nmes)), "nme_median": float(np.median(nmes)),
         "nme_p90": float(np.percentile(nmes, 90)), "nme_under_0.1": float(np.mean(np.asarray(nmes) < 0.1)),
@@ -154,7 +154,7 @@ def markdown(result: dict) -> str:
         a = r.get("agreement")
         if a is not None:
             if a["faces_matched"]:
-                cells += [f"{a['faces_matched']}/{a['onnx_faces']}", f"{a['box_iou_mean']:.3f}",
+                cells += [f"{a['faces_matched']}/{a['faces']}", f"{a['box_iou_mean']:.3f}",
                           f"{a['nme_mean']:.3f} / {a['nme_median']:.3f} / {a['nme_p90']:.3f}", f"{100 * a['nme_under_0.1']:.0f}%"]
             else:
                 cells += ["0", "-", "-", "-"]
