@@ -51,7 +51,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except IdclusterError as e:
-            # escape: messages quote TOML sections like [sweeps.eps], which rich would eat as markup
+            # escape: rich would eat "[sweeps.eps]" or the "[torch]" of "idcluster[torch]" as markup
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
