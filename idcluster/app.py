@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .evaluation import check_labels, evaluate, ground_truth
 from .metrics import label_free
 from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
+from .locking import output_lock
 from .report import build_report, print_summary
 
 log = logging.getLogger(__name__)
@@ -76,31 +77,35 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     if cfg.labels:
         check_labels(str(cfg.labels))
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
-    result = pipeline.run(spec, until="cluster", cached_only=cached_only)
-    t0 = time.perf_counter()
-    prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
-    export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress)
-    result.timings["export"] = time.perf_counter() - t0
-    models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
-    report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(), output_dir.resolve())
-    report["metrics"] = run_metrics(cfg, result)
-    write_json_atomic(output_dir / JSON_NAME, report)
+    track = tracking.enabled(cfg.tracking)
+    if track:
+        tracking.prefetch()  # MLflow's import (~2.5 s) overlaps the pipeline instead of following it
+    with output_lock(output_dir, "cluster"):
+        result = pipeline.run(spec, until="cluster", cached_only=cached_only)
+        t0 = time.perf_counter()
+        prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
+        export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress)
+        result.timings["export"] = time.perf_counter() - t0
+        models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
+        report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(), output_dir.resolve())
+        report["metrics"] = run_metrics(cfg, result)
+        write_json_atomic(output_dir / JSON_NAME, report)
+        sheet = write_contact_sheet(report, result, output_dir)
+        if cfg.export.format != "folders":  # a training set too, read from the JSON just written
+            from .exporters import training_set
+
+            done = training_set(cfg, progress)
     print_summary(report, console)
     console.print(f"wrote {output_dir / JSON_NAME}")
-    sheet = write_contact_sheet(report, result, output_dir)
-    if tracking.enabled(cfg.tracking):
+    if cfg.export.format != "folders":
+        console.print(f"wrote a {cfg.export.format} training set ({done['files']} images) to {done['dest']}")
+    if track:
         tracker = tracking.Tracker(cfg.tracking_uri, cfg.experiment_name)
         run_id = tracking.log_cluster_run(tracker, report, result.embeddings, row_labels(result), output_dir / JSON_NAME,
                                           sheet=sheet)
         if run_id:
             report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": run_id}
             console.print(f"MLflow run {run_id} in {tracker.uri} (compare: mlflow ui --backend-store-uri {tracker.uri})")
-    if cfg.export.format != "folders":  # a training set too, read from the JSON just written
-        from .exporters import check_format, training_set
-
-        check_format(cfg.export.format)
-        done = training_set(cfg, progress)
-        console.print(f"wrote a {cfg.export.format} training set ({done['files']} images) to {done['dest']}")
     return report
 
 

@@ -22,6 +22,7 @@ from .cache import StageCache
 from .errors import ConfigError, InputError
 from .export import JSON_NAME, Linker, check_mode, flat_name, write_json_atomic
 from .identities import Identity, Member, identities, read_report, select
+from .locking import output_lock
 from .progress import stage_bar
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,15 @@ def clear_views(identity_dir: Path) -> None:
 
 
 def subcluster_pose(cfg: DictConfig, identity: str | None = None, progress: bool = True) -> dict:
-    """Split identities by view; returns {identity: {view: count}} (also stored in the JSON)."""
+    """Split identities by view (holding output_dir's lock); see _split."""
     output_dir = Path(cfg.output_dir).expanduser()
+    read_report(output_dir)  # a missing clustering is an error before the lock creates output_dir
+    with output_lock(output_dir, "subcluster-pose"):
+        return _split(cfg, output_dir, identity, progress)
+
+
+def _split(cfg: DictConfig, output_dir: Path, identity: str | None, progress: bool) -> dict:
+    """Returns {"views": {identity: {view: count}}, "sheets", "centres", "root"}; views also go into the JSON."""
     report = read_report(output_dir)
     mode = check_mode(cfg.export.mode)
     settings = PoseSettings.from_config(cfg)

@@ -41,7 +41,9 @@ def clustered(demo_set, tmp_path_factory):
         for n in [n for n in sorted(truth) if truth[n] == identity][:3]:
             shutil.copy2(src / n, folder / n)
     out = root / "out"
-    r = invoke("cluster", f"input_dir={folder}", f"output_dir={out}", "clusterer.min_cluster_size=3", "tracking=off", "-q")
+    # A module fixture runs before the per-test IDCLUSTER_CACHE: name its cache (never the user's).
+    r = invoke("cluster", f"input_dir={folder}", f"output_dir={out}", f"cache_dir={root / 'cache'}",
+               "clusterer.min_cluster_size=3", "tracking=off", "-q")
     assert r.exit_code == 0, r.output
     return folder, out
 
@@ -203,7 +205,8 @@ def test_bad_export_settings_are_one_line_errors(out, tmp_path):
 def test_cluster_with_kohya_format_writes_the_training_set_too(clustered, out, tmp_path):
     inputs, _ = clustered
     dest = tmp_path / "train"
-    r = invoke("cluster", f"input_dir={inputs}", f"output_dir={out}", "clusterer.min_cluster_size=3", "export.overwrite=true",
+    r = invoke("cluster", f"input_dir={inputs}", f"output_dir={out}", f"cache_dir={clustered[1].parent / 'cache'}",
+               "clusterer.min_cluster_size=3", "export.overwrite=true",
                "export.format=kohya", f"export.dest={dest}", "export.names.identity_000=woody", "tracking=off", "-q")
     assert r.exit_code == 0, r.output
     assert "wrote a kohya training set (21 images)" in r.output

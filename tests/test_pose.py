@@ -159,7 +159,9 @@ def clustered(demo_set, tmp_path_factory):
         for n in [n for n in sorted(truth) if truth[n] == identity][:3]:
             shutil.copy2(src / n, folder / n)
     out = root / "out"
-    r = invoke("cluster", f"input_dir={folder}", f"output_dir={out}", "clusterer.min_cluster_size=3", "tracking=off", "-q")
+    # A module fixture runs before the per-test IDCLUSTER_CACHE: name its cache (never the user's).
+    r = invoke("cluster", f"input_dir={folder}", f"output_dir={out}", f"cache_dir={root / 'cache'}",
+               "clusterer.min_cluster_size=3", "tracking=off", "-q")
     assert r.exit_code == 0, r.output
     return folder, out
 

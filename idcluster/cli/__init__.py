@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .cache import cache_app
 from .cluster import cluster, run
 from .common import OVERRIDES_CONTEXT, STATE, groups_epilog
 from .demo import demo
@@ -28,6 +29,7 @@ app = typer.Typer(
 for command in (detect, embed, cluster, export, sweep, run, demo):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
 app.command("subcluster-pose", context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(subcluster_pose)
+app.add_typer(cache_app, name="cache")
 
 
 @app.callback()

@@ -5,6 +5,8 @@ from rich.table import Table
 from .. import app
 from ..config import require_input_dir
 from ..exporters import check_format, training_set
+from ..identities import read_report
+from ..locking import output_lock
 from .common import Overrides, Quiet, handle_errors, load, out
 
 
@@ -17,7 +19,9 @@ def export(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> N
         require_input_dir(cfg)
         app.cluster(cfg, out, cached_only=True, progress=not quiet)
         return
-    result = training_set(cfg, progress=not quiet)
+    read_report(cfg.output_dir)  # a missing clustering is an error before the lock creates output_dir
+    with output_lock(cfg.output_dir, "export"):
+        result = training_set(cfg, progress=not quiet)
     table = Table(title=f"training set ({cfg.export.format}) in {result['dest']}", title_justify="left")
     table.add_column("folder")
     table.add_column("images", justify="right")
