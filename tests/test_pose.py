@@ -68,6 +68,37 @@ def test_mirrored_faces_get_opposite_yaw(detector, demo_set, eval_root):
     assert turned >= 5
 
 
+def _demo_augmentations(truth: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """name -> (identity, augmentation), following build_demo_set's deterministic shuffle."""
+    from idcluster.demo_data import AUGMENTATIONS
+
+    ids = sorted(set(truth.values()))
+    order = np.random.default_rng(0).permutation(len(ids) * len(AUGMENTATIONS))
+    return {f"img_{n:03d}.{('png', 'jpg', 'webp')[n % 3]}": (ids[idx // len(AUGMENTATIONS)], AUGMENTATIONS[idx % len(AUGMENTATIONS)][0])
+            for n, idx in enumerate(order)}
+
+
+def test_flipped_demo_crops_get_opposite_yaw(detector, demo_set):
+    """Package-shipped photos (no eval set needed): each person's crop and its mirror image;
+    where the crop is turned by more than 10 deg the flip has the opposite sign, and the sum is
+    within 12 deg when both used the same landmarks (a 5-point fallback reads smaller yaws)."""
+    folder, truth = demo_set
+    aug = _demo_augmentations(truth)
+    assert all(aug[n][0] == truth[n] for n in truth)  # the reconstruction matches the set
+    pairs = {}
+    for name, (identity, a) in aug.items():
+        if a in ("orig", "flip"):
+            pairs.setdefault(identity, {})[a] = _pose(detector, load_image(folder / name))
+    turned = 0
+    for identity, p in pairs.items():
+        if abs(p["orig"].yaw) > 10:
+            turned += 1
+            assert np.sign(p["orig"].yaw) == -np.sign(p["flip"].yaw), (identity, p)
+            if p["orig"].landmarks == p["flip"].landmarks:
+                assert abs(p["orig"].yaw + p["flip"].yaw) <= 12, (identity, p)
+    assert turned >= 3
+
+
 def test_frontal_portraits_come_out_near_zero(detector, eval_root):
     """ORL's first shot of each of its 40 people and frontal face_recognition examples:
     |yaw| <= 15 for at least 90%, median |yaw| <= 6 deg, and none in a profile bin."""
@@ -190,12 +221,6 @@ def test_subcluster_pose_writes_view_folders_and_json(clustered, tmp_path):
     assert n == sum(c["size"] for c in report["clusters"]) and n > 0
     assert sum(sum(v.values()) for v in report["pose"]["views"].values()) == n
     assert (out / "contact_sheets" / "identity_000.png").is_file()
-    # Flipped crops of one person get the opposite yaw sign where the face is turned.
-    by = {i["rel_path"]: i for i in report["images"] if "pose" in i}
-    for rel, img in by.items():
-        twin = rel.replace("orig", "flip")
-        if "orig" in rel and twin in by and abs(img["pose"]["yaw"]) > 10:
-            assert np.sign(img["pose"]["yaw"]) == -np.sign(by[twin]["pose"]["yaw"])
     # A re-run with kmeans replaces the bins' folders (none left behind), sources untouched.
     r = invoke("subcluster-pose", f"output_dir={out}", "pose.method=kmeans", "pose.kmeans.n_clusters=2", "tracking=off", "-q")
     assert r.exit_code == 0, r.output
