@@ -282,6 +282,7 @@ def test_mtcnn_without_torch_is_one_clear_error(monkeypatch):
     assert MTCNNDetector().detect(np.zeros((64, 64, 3), np.uint8)) == []  # the default backend does not need it
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_mtcnn_onnx_and_torch_backends_agree(group_photo, mtcnn_faces):
     pytest.importorskip("torch", reason="backend=torch needs pip install 'idcluster[torch]'")
