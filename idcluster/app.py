@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from .export import JSON_NAME, check_mode, export, prepare_output, write_json_at
 from .locking import output_lock
 from .report import build_report, print_summary
 
+log = logging.getLogger(__name__)
+CONTACT_SHEET = "contact_sheet.png"
 STAGE_GROUPS = {"detect": ("detector",), "embed": ("detector", "embedder"), "cluster": ("detector", "embedder", "reducer", "clusterer")}
 
 
@@ -68,6 +71,9 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     output_dir = Path(cfg.output_dir).expanduser()
     # Check the output and the labels before hours of work, not after.
     check_mode(cfg.export.mode)
+    from .exporters import check_format
+
+    check_format(cfg.export.format)
     if cfg.labels:
         check_labels(str(cfg.labels))
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
@@ -84,15 +90,50 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
         report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(), output_dir.resolve())
         report["metrics"] = run_metrics(cfg, result)
         write_json_atomic(output_dir / JSON_NAME, report)
+        sheet = write_contact_sheet(report, result, output_dir)
+        if cfg.export.format != "folders":  # a training set too, read from the JSON just written
+            from .exporters import training_set
+
+            done = training_set(cfg, progress)
     print_summary(report, console)
     console.print(f"wrote {output_dir / JSON_NAME}")
+    if cfg.export.format != "folders":
+        console.print(f"wrote a {cfg.export.format} training set ({done['files']} images) to {done['dest']}")
     if track:
         tracker = tracking.Tracker(cfg.tracking_uri, cfg.experiment_name)
-        run_id = tracking.log_cluster_run(tracker, report, result.embeddings, row_labels(result), output_dir / JSON_NAME)
+        run_id = tracking.log_cluster_run(tracker, report, result.embeddings, row_labels(result), output_dir / JSON_NAME,
+                                          sheet=sheet)
         if run_id:
             report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": run_id}
             console.print(f"MLflow run {run_id} in {tracker.uri} (compare: mlflow ui --backend-store-uri {tracker.uri})")
     return report
+
+
+def centrality(result: pipeline.Result) -> dict[str, float]:
+    """rel_path -> cosine of its identity's face to that identity's mean embedding (higher = more typical)."""
+    out: dict[str, float] = {}
+    X = result.embeddings
+    labels = row_labels(result)
+    means = {l: X[labels == l].mean(axis=0) for l in set(labels.tolist()) if l >= 0}
+    means = {l: m / (np.linalg.norm(m) or 1.0) for l, m in means.items()}
+    for r in result.records:
+        for k, row in r.face_rows.items():
+            l = r.face_labels.get(k, -1)
+            if l >= 0:
+                out[r.rel_path] = max(out.get(r.rel_path, -1.0), float(X[row] @ means[l]))
+    return out
+
+
+def write_contact_sheet(report: dict, result: pipeline.Result, output_dir: Path) -> Path | None:
+    """output_dir/contact_sheet.png: a row per identity, most central faces, then the least confident."""
+    from .contact_sheet import identity_sheet
+
+    path = output_dir / CONTACT_SHEET
+    try:
+        return identity_sheet(report, path, centrality(result))
+    except (OSError, ValueError) as e:
+        log.warning("could not draw %s: %s", path, e)
+        return None
 
 
 def row_labels(result: pipeline.Result) -> np.ndarray:

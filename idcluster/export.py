@@ -97,6 +97,9 @@ class _Linker:
         shutil.copy2(src, dst)
 
 
+Linker = _Linker  # public name: pose splits and training-set exports link/copy the same way
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -113,3 +113,11 @@ def test_bench_peers_quick(tiny_eval_root, tmp_path):
             assert r["images"] == 6 and in_unit(r["bcubed_f1"]), r
         else:
             assert r["note"]
+
+
+def test_bench_pose(tiny_eval_root, tmp_path):
+    out = tmp_path / "pose"
+    run_script("bench_pose.py", "--eval-root", tiny_eval_root, "--set", SET, "--out", out)
+    data = read_outputs(out)
+    assert [r["landmarks"] for r in data["estimators"]] == ["dlib68", "five_point"]
+    assert all(r["faces"] == 6 and r["cpu_ms_per_face"] > 0 for r in data["estimators"])

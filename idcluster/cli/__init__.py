@@ -14,6 +14,7 @@ from .demo import demo
 from .detect import detect
 from .embed import embed
 from .export import export
+from .subcluster_pose import subcluster_pose
 from .sweep import sweep
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 for command in (detect, embed, cluster, export, sweep, run, demo):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
+app.command("subcluster-pose", context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(subcluster_pose)
 app.add_typer(cache_app, name="cache")
 
 
