@@ -16,6 +16,8 @@ from .evaluation import check_labels, evaluate, ground_truth
 from .metrics import label_free
 from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
 from .report import build_report, print_summary
+from .review import decisions as review_decisions
+from .review.store import save_embeddings
 
 STAGE_GROUPS = {"detect": ("detector",), "embed": ("detector", "embedder"), "cluster": ("detector", "embedder", "reducer", "clusterer")}
 
@@ -41,6 +43,17 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
         exclude=[output_dir, cache_dir],  # outputs placed inside the input are not inputs
         progress=progress,
     )
+
+
+def review_journal(cfg: DictConfig) -> Path | None:
+    """The review decisions this run honours: review.decisions, else the output folder's journal."""
+    if cfg.get("review") and cfg.review.get("decisions"):
+        path = Path(str(cfg.review.decisions)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"review.decisions={path}: no such file")
+        return path
+    path = review_decisions.default_path(Path(cfg.output_dir).expanduser())
+    return path if path.is_file() else None
 
 
 def run_stage(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Result:
@@ -70,13 +83,19 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     if cfg.labels:
         check_labels(str(cfg.labels))
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
+    journal = review_journal(cfg)
+    reviewed = review_decisions.facts(review_decisions.read_journal(journal)) if journal else None
     result = pipeline.run(spec, until="cluster", cached_only=cached_only)
+    # Names and hidden flags follow their people to whatever cluster numbers they got.
+    meta = review_decisions.identity_meta(result.records, reviewed) if reviewed else None
     t0 = time.perf_counter()
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
-    export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress)
+    export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress, meta=meta)
     result.timings["export"] = time.perf_counter() - t0
+    save_embeddings(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
     models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
-    report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(), output_dir.resolve())
+    report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(),
+                          output_dir.resolve(), meta=meta)
     report["metrics"] = run_metrics(cfg, result)
     write_json_atomic(output_dir / JSON_NAME, report)
     print_summary(report, console)
