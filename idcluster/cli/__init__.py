@@ -13,6 +13,7 @@ from .demo import demo
 from .detect import detect
 from .embed import embed
 from .export import export
+from .review import review
 from .sweep import sweep
 
 app = typer.Typer(
@@ -24,7 +25,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-for command in (detect, embed, cluster, export, sweep, run, demo):
+for command in (detect, embed, cluster, export, sweep, run, demo, review):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
 
 

@@ -236,8 +236,14 @@ class ReviewStore:
         conf = self.confidence(ident)
         return sorted(conf, key=lambda k: (-conf[k], k))
 
-    def suggestions(self, limit: int = 20, min_similarity: float = 0.5) -> list[dict]:
+    def suggestion_floor(self) -> float:
+        """Centres closer than 1.5x the embedder's calibrated distance threshold are worth a look."""
+        t = ((self.report.get("config") or {}).get("embedder") or {}).get("distance_threshold") or 0.1
+        return 1.0 - 1.5 * float(t)
+
+    def suggestions(self, limit: int = 20, min_similarity: float | None = None) -> list[dict]:
         """Pairs of visible identities with the most similar centres, dismissed pairs left out."""
+        min_similarity = self.suggestion_floor() if min_similarity is None else min_similarity
         ids = sorted(i for i in self.state.live_ids() if not self._ident(i).hidden)
         centres = {i: c for i in ids if (c := self.centre(i)) is not None}
         ids = list(centres)
