@@ -28,6 +28,7 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
     input_dir = Path(cfg.input_dir).expanduser()
     output_dir = Path(cfg.output_dir).expanduser()
     cache_dir = Path(cfg.cache_dir).expanduser()
+    journal = review_journal(cfg) if until == "cluster" else None
     return pipeline.Spec(
         input_dir=input_dir,
         cache_dir=cache_dir,
@@ -42,6 +43,7 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
         workers=pipeline.default_workers(int(cfg.workers)),
         exclude=[output_dir, cache_dir],  # outputs placed inside the input are not inputs
         progress=progress,
+        constraint_sources=[review_decisions.constraint_source(journal)] if journal else [],
     )
 
 
@@ -85,7 +87,12 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
     journal = review_journal(cfg)
     reviewed = review_decisions.facts(review_decisions.read_journal(journal)) if journal else None
-    result = pipeline.run(spec, until="cluster", cached_only=cached_only)
+    if cached_only and journal:
+        # Review decisions changed the clustering since `cluster` ran: redo only that cheap step
+        # (detections and embeddings still come from the cache or not at all).
+        result = pipeline.cluster_stage(spec, pipeline.run(spec, until="embed", cached_only=True))
+    else:
+        result = pipeline.run(spec, until="cluster", cached_only=cached_only)
     # Names and hidden flags follow their people to whatever cluster numbers they got.
     meta = review_decisions.identity_meta(result.records, reviewed) if reviewed else None
     t0 = time.perf_counter()

@@ -362,3 +362,98 @@ def test_loopback_check():
 
     assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1")
     assert not _loopback("0.0.0.0") and not _loopback("192.168.1.5")
+
+
+# ---------------------------------------------------------------- decisions survive re-clustering
+
+
+def recluster(clustered, out: Path, inp: Path, *overrides: str) -> dict:
+    from rich.console import Console
+
+    root = clustered[0]
+    cfg = load_config([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
+                       "clusterer.min_cluster_size=3", "tracking=off", "export.overwrite=true", *overrides])
+    return app.cluster(cfg, Console(quiet=True), progress=False)
+
+
+def test_decisions_hold_after_reclustering_with_other_settings_and_new_images(clustered, out, demo_set, tmp_path):
+    root, inp0, truth = clustered
+    src, all_truth = demo_set
+    store = ReviewStore(out)
+    person = by_truth(store, truth)
+    people = sorted(person)
+    # merge two different people (the user knows better), split one, name, reject, hide
+    store.act({"op": "merge", "ids": [person[people[0]], person[people[1]]], "into": person[people[0]]})
+    merged = store.state.members(person[people[0]])
+    store.act({"op": "rename", "id": person[people[0]], "name": "The Pair"})
+    split_src = store.state.members(person[people[2]])
+    split = split_src[:2]
+    store.act({"op": "split", "faces": split})
+    store.act({"op": "rename", "id": person[people[3]], "name": "Dana"})
+    dana = store.state.members(person[people[3]])
+    rejected = store.state.members(person[people[4]])[0]
+    reject_from = [k for k in store.state.members(person[people[4]]) if k != rejected]
+    store.act({"op": "reject", "faces": [rejected]})
+    store.act({"op": "hide", "id": person[people[5]]})
+    hidden = store.state.members(person[people[5]])
+    del store
+
+    inp = tmp_path / "in"
+    shutil.copytree(inp0, inp)
+    new = [n for n in sorted(all_truth) if all_truth[n] == people[3] and n not in truth][:3]
+    for n in new:  # more photos of Dana arrive
+        shutil.copy2(src / n, inp / n)
+    report = recluster(clustered, out, inp, "clusterer=agglomerative", "clusterer.distance_threshold=0.05")
+
+    label = {}
+    for img in report["images"]:
+        for fc in img["face_clusters"]:
+            label[D.face_key(img["sha256"], fc["face_index"])] = fc["cluster"]
+    by_cluster = {c["cluster"]: c for c in report["clusters"]}
+    pair = {label[k] for k in merged}
+    assert len(pair) == 1 and -1 not in pair and by_cluster[pair.pop()]["name"] == "The Pair"
+    rest = {label[k] for k in split_src if k not in split}
+    assert {label[k] for k in split}.isdisjoint(rest)
+    dana_label = {label[k] for k in dana}
+    assert len(dana_label) == 1
+    dana_label = dana_label.pop()
+    assert by_cluster[dana_label]["name"] == "Dana" and by_cluster[dana_label]["identity"].endswith("_Dana")
+    assert (out / by_cluster[dana_label]["identity"]).is_dir()
+    for img in report["images"]:
+        if img["rel_path"] in new:
+            assert img["cluster"] == dana_label, img["rel_path"]  # new images join the named identity
+    assert label[rejected] not in {label[k] for k in reject_from}
+    hidden_label = {label[k] for k in hidden}
+    assert len(hidden_label) == 1 and by_cluster[hidden_label.pop()].get("hidden") is True
+    names = [c.get("name") for c in report["clusters"] if c.get("name")]
+    assert sorted(names) == ["Dana", "The Pair"]
+
+    # The next review starts from the new clustering and keeps the old decisions.
+    again = ReviewStore(out)
+    assert_consistent(out)
+    assert {again._ident(i).name for i in again.state.live_ids()} >= {"Dana", "The Pair"}
+    # `idcluster export` (cache only) re-materialises with the reviewed names
+    r = CliRunner().invoke(cli_app, ["export", f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}",
+                                     "clusterer.min_cluster_size=3", "tracking=off", "export.overwrite=true",
+                                     "clusterer=agglomerative", "clusterer.distance_threshold=0.05", "-q"])
+    assert r.exit_code == 0, r.output
+    assert any(p.name.endswith("_Dana") for p in out.iterdir())
+
+
+def test_review_decisions_override_points_at_another_journal(clustered, out, tmp_path):
+    store = ReviewStore(out)
+    ids = sorted(store.state.live_ids())
+    store.act({"op": "rename", "id": ids[0], "name": "Kept"})
+    members = store.state.members(ids[0])
+    journal = tmp_path / "decisions.jsonl"
+    shutil.copy2(out / D.JOURNAL_NAME, journal)
+    fresh = tmp_path / "fresh"
+    report = recluster(clustered, fresh, clustered[1], f"review.decisions={journal}")
+    named = [c for c in report["clusters"] if c.get("name") == "Kept"]
+    assert len(named) == 1 and named[0]["reviewed"] is True
+    key_to_label = {D.face_key(i["sha256"], i["face_index"]): i["cluster"] for i in report["images"] if i["sha256"]}
+    assert {key_to_label[k] for k in members} == {named[0]["cluster"]}
+    from idcluster.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no such file"):
+        recluster(clustered, fresh, clustered[1], f"review.decisions={tmp_path / 'missing.jsonl'}")
