@@ -95,15 +95,21 @@ class State:
     applied: list[dict] = field(default_factory=list)  # effective actions (undo removes, redo restores)
     undone: list[dict] = field(default_factory=list)   # redo stack
 
-    def copy(self) -> "State":
-        return State(dict(self.assign), {i: Identity(**vars(d)) for i, d in self.identities.items()},
-                     self.next_id, list(self.applied), list(self.undone))
+    _index: dict[int, list[str]] | None = None  # identity -> members, rebuilt after a change
+
+    def _by_ident(self) -> dict[int, list[str]]:
+        if self._index is None:
+            index: dict[int, list[str]] = {}
+            for k, v in self.assign.items():
+                index.setdefault(v, []).append(k)
+            self._index = index
+        return self._index
 
     def members(self, ident: int) -> list[str]:
-        return [k for k, v in self.assign.items() if v == ident]
+        return list(self._by_ident().get(ident, ()))
 
     def live_ids(self) -> set[int]:
-        return {v for v in self.assign.values() if v != NOISE}
+        return {v for v in self._by_ident() if v != NOISE}
 
 
 def base_entry(base_id: str, assign: dict[str, int], clusters: list[dict]) -> dict:
@@ -130,6 +136,7 @@ def _ident(state: State, i: int) -> Identity:
 def apply_action(state: State, a: dict) -> None:
     """Apply one action entry in place (entries carry absolute values: replay is deterministic)."""
     op = a["op"]
+    state._index = None
     if op == "move":
         to = int(a["to"])
         touched = {state.assign[k] for k in a["faces"] if k in state.assign}

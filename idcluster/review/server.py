@@ -81,17 +81,18 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
     thumbs = cache_for(store.cache_dir)
     index_html = (static_dir() / "index.html").read_text(encoding="utf-8")
 
-    def identity_json(i: int) -> dict:
+    def identity_json(i: int, names: dict[int, str]) -> dict:
         d = store._ident(i)
-        ranked = store._ranked(i)
+        ranked = store._ranked(i)  # representatives: the most central members
         return {"id": i, "name": d.name, "hidden": d.hidden, "reviewed": d.reviewed, "size": len(ranked),
-                "folder": store.folder_names().get(i), "reps": ranked[:4]}
+                "folder": names.get(i), "reps": ranked[:4]}
 
     def overview(request: Request) -> JSONResponse:
         with store.lock:
             s = store.state
             ids = sorted(s.live_ids(), key=lambda i: (-len(s.members(i)), i))
-            idents = [identity_json(i) for i in ids]
+            names = store.folder_names()
+            idents = [identity_json(i, names) for i in ids]
             noise = store._ranked(D.NOISE)
             return JSONResponse({
                 "identities": idents,
@@ -122,7 +123,7 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
             page = keys[offset:offset + limit]
             items = [{"face": k, "image": store.faces[k][0], "rel_path": store.images[store.faces[k][0]]["rel_path"],
                       "confidence": round(conf[k], 4)} for k in page]
-            info = identity_json(ident) if ident != D.NOISE else {"id": D.NOISE, "name": "noise", "size": len(keys)}
+            info = identity_json(ident, store.folder_names()) if ident != D.NOISE else {"id": D.NOISE, "name": "noise", "size": len(keys)}
             return JSONResponse({"identity": info, "total": len(keys), "offset": offset, "members": items})
 
     def thumb(request: Request) -> Response:

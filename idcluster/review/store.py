@@ -10,6 +10,7 @@ ever renamed, copied or removed inside the output folder: inputs are never touch
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -101,13 +102,17 @@ class ReviewStore:
                     keys.append(k)
                     self.faces.setdefault(k, (i, fc["face_index"]))
             self.image_faces.append(keys)
-        self.input_paths = {os.path.realpath(img["path"]) for img in self.images if img.get("path")}
         self.vectors = load_embeddings(self.cache_dir, (self.report.get("cache_keys") or {}).get("embeddings"))
         self.probability = {}
         for img in self.images:
             if img.get("sha256") and img.get("face_index") is not None:
                 self.probability[D.face_key(img["sha256"], img["face_index"])] = float(img.get("probability") or 0)
         self._open()
+
+    @functools.cached_property
+    def input_paths(self) -> frozenset[str]:
+        """Resolved paths of the registered input images (the only files outside the folder served)."""
+        return frozenset(os.path.realpath(img["path"]) for img in self.images if img.get("path"))
 
     # ------------------------------------------------------------ journal
 
@@ -132,7 +137,10 @@ class ReviewStore:
             self.epoch_actions = []
         self.all_entries = entries if mine else [*entries, self.epoch_base]
         self.state = D.replay(self.epoch_base, self.epoch_actions)
-        self.materialise()
+        # The JSON is written after the folders, so a JSON that already reflects the whole
+        # journal means the last action finished; the folders are checked either way.
+        done = (self.report.get("review") or {}).get("entries") == len(self.all_entries)
+        self.materialise(write_json=not done)
 
     def dismissed(self) -> list[tuple[list[str], list[str]]]:
         return D.facts(self.all_entries).dismissed
@@ -242,7 +250,8 @@ class ReviewStore:
         return 1.0 - 1.5 * float(t)
 
     def suggestions(self, limit: int = 20, min_similarity: float | None = None) -> list[dict]:
-        """Pairs of visible identities with the most similar centres, dismissed pairs left out."""
+        """Pairs of visible identities with the most similar centres; dismissed pairs and pairs of
+        two reviewed identities (the user kept them apart: later runs cannot-link them) left out."""
         min_similarity = self.suggestion_floor() if min_similarity is None else min_similarity
         ids = sorted(i for i in self.state.live_ids() if not self._ident(i).hidden)
         centres = {i: c for i in ids if (c := self.centre(i)) is not None}
@@ -260,6 +269,8 @@ class ReviewStore:
                 continue
             if sims[a, b] < min_similarity or len(out) >= limit:
                 break
+            if self._ident(ids[a]).reviewed and self._ident(ids[b]).reviewed:
+                continue
             A, B = set(self.state.members(ids[a])), set(self.state.members(ids[b]))
             if any((A & set(x) and B & set(y)) or (A & set(y) and B & set(x)) for x, y in dismissed):
                 continue
@@ -287,13 +298,14 @@ class ReviewStore:
             out.append(folders or [NOISE_DIR])
         return out
 
-    def materialise(self) -> None:
+    def materialise(self, write_json: bool = True) -> None:
         """Make the folders and the JSON match the replayed state (idempotent)."""
         with self.lock:
             names = self.folder_names()
             wanted = self.image_folders(names)
             self._sync_folders(names, wanted)
-            write_json_atomic(self.output_dir / JSON_NAME, self._report(names, wanted))
+            if write_json:
+                write_json_atomic(self.output_dir / JSON_NAME, self._report(names, wanted), indent=None)
 
     def _sync_folders(self, names: dict[int, str], wanted: list[list[str]]) -> None:
         out = self.output_dir

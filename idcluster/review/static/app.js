@@ -79,7 +79,13 @@ function card(d) {
 
 function toggleCheck(id, on) {
   on ? view.checked.add(id) : view.checked.delete(id);
-  renderOverview();
+  for (const el of document.querySelectorAll(`.card[data-id="${id}"]`)) el.classList.toggle("checked", on);
+  updateChecked();
+}
+
+function updateChecked() {
+  $("#merge-selected").disabled = view.checked.size < 2;
+  $("#hide-selected").disabled = view.checked.size < 1;
 }
 
 function renderOverview() {
@@ -98,12 +104,11 @@ function renderOverview() {
   const faces = s.identities.reduce((n, d) => n + d.size, 0);
   $("#summary").textContent = `${visible.length} identities, ${faces} faces, ${s.noise.size} in noise`;
   for (const id of [...view.checked]) if (!s.identities.some((d) => d.id === id)) view.checked.delete(id);
-  $("#merge-selected").disabled = view.checked.size < 2;
-  $("#hide-selected").disabled = view.checked.size < 1;
+  updateChecked();
   const byId = new Map(s.identities.map((d) => [d.id, d]));
   const list = $("#suggestions");
   list.replaceChildren();
-  for (const p of s.suggestions.slice(0, 8)) {
+  for (const p of s.suggestions.slice(0, 5)) {
     const a = byId.get(p.a), b = byId.get(p.b);
     if (!a || !b || !match(a) && !match(b)) continue;
     const li = document.createElement("li");
