@@ -225,8 +225,13 @@ def test_kill_9_in_the_middle_of_an_action(out, after_renames):
     finally:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
+    # killed after the commit and before the JSON: the journal holds the merge, the folders are half done
     half = disk_state(out)
-    assert sum(len(v) for k, v in half.items() if k.startswith(f"identity_{ids[0]:03d}")) < len(ReviewStore.__dict__) + 99
+    journal = D.read_journal(out / D.JOURNAL_NAME)
+    assert journal[-1]["kind"] == "merge"
+    assert json.loads((out / JSON_NAME).read_text())["review"]["entries"] == len(journal) - 1
+    left = sum(len(v) for k, v in half.items() if k.startswith((f"identity_{ids[1]:03d}", f"identity_{ids[2]:03d}")))
+    assert 0 < left < moved
     store = ReviewStore(out)
     rep = assert_consistent(out)
     assert ids[1] not in store.state.live_ids() and ids[2] not in store.state.live_ids()
@@ -293,6 +298,41 @@ def test_api_actions_and_pages(client):
     assert client.post("/api/action", json={"op": "merge", "ids": [ids[0]]}, headers=H).status_code == 400
     assert client.post("/api/action", content=b"not json", headers=H).status_code == 400
     assert client.get("/api/identity/abc", headers=H).status_code in (400, 404)
+
+
+def test_api_every_action_then_undo_all(client, out):
+    ids = [d["id"] for d in client.get("/api/state", headers=H).json()["identities"]]
+    faces = [m["face"] for m in client.get(f"/api/identity/{ids[0]}", headers=H).json()["members"]]
+    pairs = client.get("/api/state", headers=H).json()["suggestions"] or [{"a": ids[2], "b": ids[3]}]
+    steps = [{"op": "dismiss", "a": pairs[0]["a"], "b": pairs[0]["b"]},
+             {"op": "merge", "ids": [ids[0], ids[1]], "into": ids[0]},
+             {"op": "split", "faces": faces[:1]},
+             {"op": "rename", "id": ids[0], "name": "Named"},
+             {"op": "move", "faces": faces[1:2], "to": ids[2]},
+             {"op": "move", "faces": faces[2:3], "to": -1},
+             {"op": "reject", "faces": faces[3:4]},
+             {"op": "hide", "id": ids[2]}, {"op": "unhide", "id": ids[2]}, {"op": "hide", "id": ids[3]}]
+    before = disk_state(out)
+    for step in steps:
+        r = client.post("/api/action", json=step, headers=H)
+        assert r.status_code == 200, (step, r.text)
+        assert_consistent(out)
+    state = client.get("/api/state", headers=H).json()
+    assert any(d["name"] == "Named" and d["reviewed"] for d in state["identities"])
+    assert any(d["hidden"] for d in state["identities"]) and state["noise"]["size"] == 2
+    for _ in steps:
+        assert client.post("/api/action", json={"op": "undo"}, headers=H).status_code == 200
+    assert disk_state(out) == before and not client.get("/api/state", headers=H).json()["can_undo"]
+    assert client.post("/api/action", json={"op": "undo"}, headers=H).status_code == 400
+    assert client.post("/api/action", json={"op": "redo"}, headers=H).status_code == 200
+
+
+def test_folder_reclustered_under_an_open_review_is_refused(out):
+    store = ReviewStore(out)
+    report = json.loads((out / JSON_NAME).read_text())
+    (out / JSON_NAME).write_text(json.dumps({**report, "created": "later"}))  # what a new `cluster` run does
+    with pytest.raises(Exception, match="changed on disk"):
+        store.act({"op": "hide", "id": sorted(store.state.live_ids())[0]})
 
 
 def test_only_output_files_and_inputs_are_served(client, out, tmp_path):

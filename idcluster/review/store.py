@@ -150,6 +150,7 @@ class ReviewStore:
     def act(self, action: dict) -> dict:
         """Validate an action from the page, commit it, apply it; returns the journal entry."""
         with self.lock:
+            self._check_unchanged()
             entry = self._entry(action)
             D.append_entry(self.journal, entry)
             self.epoch_actions.append(entry)
@@ -157,6 +158,20 @@ class ReviewStore:
             self.state = D.replay(self.epoch_base, self.epoch_actions)
             self.materialise()
             return entry
+
+    def _json_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.output_dir / JSON_NAME).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _check_unchanged(self) -> None:
+        """Another process (a new `idcluster cluster`) rewrote the folder: acting on it now would
+        mix two clusterings."""
+        if self._json_stamp() != self._written:
+            raise InputError(f"{self.output_dir / JSON_NAME} changed on disk since this review opened it "
+                             "(re-clustered?): restart `idcluster review`")
 
     def _known_faces(self, faces) -> list[str]:
         if not isinstance(faces, list) or not faces:
@@ -306,6 +321,7 @@ class ReviewStore:
             self._sync_folders(names, wanted)
             if write_json:
                 write_json_atomic(self.output_dir / JSON_NAME, self._report(names, wanted), indent=None)
+            self._written = self._json_stamp()
 
     def _sync_folders(self, names: dict[int, str], wanted: list[list[str]]) -> None:
         out = self.output_dir
