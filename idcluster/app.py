@@ -15,6 +15,7 @@ from .errors import ConfigError
 from .evaluation import check_labels, evaluate, ground_truth
 from .metrics import label_free
 from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
+from .locking import output_lock
 from .report import build_report, print_summary
 from .review import decisions as review_decisions
 from .review.store import save_embeddings
@@ -87,27 +88,31 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
     journal = review_journal(cfg)
     reviewed = review_decisions.facts(review_decisions.read_journal(journal)) if journal else None
-    if cached_only and journal:
-        # Review decisions changed the clustering since `cluster` ran: redo only that cheap step
-        # (detections and embeddings still come from the cache or not at all).
-        result = pipeline.cluster_stage(spec, pipeline.run(spec, until="embed", cached_only=True))
-    else:
-        result = pipeline.run(spec, until="cluster", cached_only=cached_only)
-    # Names and hidden flags follow their people to whatever cluster numbers they got.
-    meta = review_decisions.identity_meta(result.records, reviewed) if reviewed else None
-    t0 = time.perf_counter()
-    prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
-    export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress, meta=meta)
-    result.timings["export"] = time.perf_counter() - t0
-    save_embeddings(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
-    models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
-    report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(),
-                          output_dir.resolve(), meta=meta)
-    report["metrics"] = run_metrics(cfg, result)
-    write_json_atomic(output_dir / JSON_NAME, report)
+    track = tracking.enabled(cfg.tracking)
+    if track:
+        tracking.prefetch()  # MLflow's import (~2.5 s) overlaps the pipeline instead of following it
+    with output_lock(output_dir, "cluster"):
+        if cached_only and journal:
+            # Review decisions changed the clustering since `cluster` ran: redo only that cheap step
+            # (detections and embeddings still come from the cache or not at all).
+            result = pipeline.cluster_stage(spec, pipeline.run(spec, until="embed", cached_only=True))
+        else:
+            result = pipeline.run(spec, until="cluster", cached_only=cached_only)
+        # Names and hidden flags follow their people to whatever cluster numbers they got.
+        meta = review_decisions.identity_meta(result.records, reviewed) if reviewed else None
+        t0 = time.perf_counter()
+        prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
+        export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress, meta=meta)
+        result.timings["export"] = time.perf_counter() - t0
+        save_embeddings(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
+        models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
+        report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(),
+                              output_dir.resolve(), meta=meta)
+        report["metrics"] = run_metrics(cfg, result)
+        write_json_atomic(output_dir / JSON_NAME, report)
     print_summary(report, console)
     console.print(f"wrote {output_dir / JSON_NAME}")
-    if tracking.enabled(cfg.tracking):
+    if track:
         tracker = tracking.Tracker(cfg.tracking_uri, cfg.experiment_name)
         run_id = tracking.log_cluster_run(tracker, report, result.embeddings, row_labels(result), output_dir / JSON_NAME)
         if run_id:

@@ -103,7 +103,8 @@ def _review_fields(m: dict | None) -> dict:
 
 def print_summary(report: dict, console: Console, max_rows: int = 15) -> None:
     stats = report["statistics"]
-    table = Table(title=f"idcluster: {stats['identities']} identities from {stats['images']} images", title_justify="left")
+    n = stats['identities']
+    table = Table(title=f"idcluster: {n} {'identity' if n == 1 else 'identities'} from {stats['images']} image{'' if stats['images'] == 1 else 's'}", title_justify="left")
     table.add_column("folder")
     table.add_column("images", justify="right")
     table.add_column("example", overflow="fold")

@@ -20,7 +20,7 @@ from idcluster.cli import app as cli_app
 from idcluster.config import load_config
 from idcluster.export import JSON_NAME
 from idcluster.review import decisions as D
-from idcluster.review.lock import FolderLock
+from idcluster.locking import output_lock
 from idcluster.review.server import COOKIE, create_app
 from idcluster.review.store import ReviewStore
 
@@ -390,9 +390,9 @@ def test_cli_refuses_missing_incompatible_and_locked(out, tmp_path):
     assert r.exit_code == 2 and "format_version 0" in r.output
     (tmp_path / "old" / JSON_NAME).write_text("{not json")
     assert runner.invoke(cli_app, ["review", str(tmp_path / "old"), "--no-browser"]).exit_code == 2
-    with FolderLock(out):
+    with output_lock(out, "review"):  # a review (or a cluster run) holds the folder
         r = runner.invoke(cli_app, ["review", str(out), "--no-browser"])
-    assert r.exit_code == 2 and f"pid {os.getpid()}" in r.output and "already open" in r.output
+    assert r.exit_code == 2 and f"pid {os.getpid()}" in r.output and "another idcluster process" in r.output
     r = runner.invoke(cli_app, ["review", str(out), "--no-browser", "--port", "-5"])
     assert r.exit_code == 2 and "--port" in r.output
 

@@ -46,7 +46,7 @@ def review(
     """Fix identities in a local web page: merge, split, move, rename, hide, undo; later runs keep the fixes."""
     import uvicorn
 
-    from ..review.lock import FolderLock
+    from ..locking import output_lock
     from ..review.server import create_app
     from ..review.store import ReviewStore
 
@@ -62,7 +62,7 @@ def review(
     journal = Path(str(cfg.review.decisions)).expanduser() if cfg.review.decisions else None
     if not _loopback(host):
         log.warning("--host %s: the review page is reachable from other machines (the token still guards it)", host)
-    with FolderLock(output_dir):
+    with output_lock(output_dir, "review"):  # one writer per output folder: cluster/export refuse meanwhile
         store = ReviewStore(output_dir, journal)
         app = create_app(store)
         port = _free_port(host, port)

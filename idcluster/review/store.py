@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import records as R
-from ..cache import StageCache, cache_key
+from ..cache import StageCache, cache_key, default_cache_dir
 from ..errors import InputError
 from ..export import JSON_NAME, NOISE as NOISE_DIR, _Linker, flat_name, identity_folder, write_json_atomic
 from ..report import FORMAT_VERSION
@@ -88,7 +88,8 @@ class ReviewStore:
         self.report = load_report(self.output_dir)
         self.base_id = base_id(self.report)
         cfg = self.report.get("config") or {}
-        self.cache_dir = Path(os.path.expanduser(str(cfg.get("cache_dir") or self.output_dir / ".idcluster_cache")))
+        # The run's recorded cache (thumbnails and face vectors live there), else the user's default.
+        self.cache_dir = Path(os.path.expanduser(str(cfg.get("cache_dir") or default_cache_dir())))
         self.mode = (cfg.get("export") or {}).get("mode", "copy")
         self.images = self.report["images"]
         # face key -> (image index, face index); an image's faces from face_clusters (every clustered face)
