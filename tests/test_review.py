@@ -373,6 +373,28 @@ def test_symlink_export_serves_registered_inputs(clustered, tmp_path):
     assert_consistent(tmp_path / "sym")
 
 
+def test_saved_face_crops_follow_their_faces(clustered, tmp_path):
+    root, inp, _ = clustered
+    out = tmp_path / "faces_out"
+    cfg = load_config([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
+                       "clusterer.min_cluster_size=3", "tracking=off", "export.save_faces=true"])
+    from rich.console import Console
+
+    app.cluster(cfg, Console(quiet=True), progress=False)
+    store = ReviewStore(out)
+    ids = sorted(store.state.live_ids())
+    face = store.state.members(ids[0])[0]
+    store.act({"op": "merge", "ids": ids[1:3], "into": ids[1]})
+    store.act({"op": "rename", "id": ids[1], "name": "Both"})
+    store.act({"op": "reject", "faces": [face]})
+    crops = {d.name: sorted(os.listdir(d)) for d in (out / "faces").iterdir()}
+    stem = Path(store.images[store.faces[face][0]]["rel_path"]).stem
+    assert f"{stem}.png" in crops["noise"]
+    folder = f"identity_{ids[1]:03d}_Both"
+    assert len(crops[folder]) == len(store.state.members(ids[1])) and f"identity_{ids[2]:03d}" not in crops
+    assert sum(map(len, crops.values())) == len(store.faces)
+
+
 # ---------------------------------------------------------------- CLI
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from .. import records as R
 from ..cache import StageCache, cache_key, default_cache_dir
 from ..errors import InputError
-from ..export import JSON_NAME, NOISE as NOISE_DIR, _Linker, flat_name, identity_folder, write_json_atomic
+from ..export import FACES as FACES_DIR, JSON_NAME, NOISE as NOISE_DIR, _Linker, flat_name, identity_folder, write_json_atomic
 from ..report import FORMAT_VERSION
 from . import decisions as D
 
@@ -324,15 +324,47 @@ class ReviewStore:
                 write_json_atomic(self.output_dir / JSON_NAME, self._report(names, wanted), indent=None)
             self._written = self._json_stamp()
 
-    def _sync_folders(self, names: dict[int, str], wanted: list[list[str]]) -> None:
-        out = self.output_dir
-        # 1. identity folders follow renames (matched by number); stale temp files go
-        for p in out.iterdir():
+    @staticmethod
+    def _rename_identity_dirs(root: Path, names: dict[int, str]) -> None:
+        """Identity folders follow renames (matched by their number)."""
+        for p in root.iterdir():
             m = _IDENT_DIR.match(p.name)
             if m and p.is_dir() and not p.is_symlink():
                 target = names.get(int(m.group(1)))
-                if target and target != p.name and not (out / target).exists():
-                    os.rename(p, out / target)
+                if target and target != p.name and not (root / target).exists():
+                    os.rename(p, root / target)
+
+    def _sync_face_crops(self, names: dict[int, str]) -> None:
+        """faces/<identity>/<stem>[_faceK].png (export.save_faces=true) follow their faces."""
+        root = self.output_dir / FACES_DIR
+        if not root.is_dir():
+            return
+        self._rename_identity_dirs(root, names)
+        want: dict[str, str] = {}
+        for img, keys in zip(self.images, self.image_faces):
+            stem = Path(flat_name(img["rel_path"])).stem
+            for k in keys:
+                idx = int(k.rpartition(":")[2])
+                suffix = "" if idx == img.get("face_index") else f"_face{idx}"
+                want[f"{stem}{suffix}.png"] = names.get(self.state.assign.get(k, D.NOISE), NOISE_DIR)
+        dirs = [d for d in root.iterdir() if d.is_dir() and not d.is_symlink()]
+        for d in dirs:
+            for f in os.listdir(d):
+                target = want.get(f)
+                if target and target != d.name:
+                    (root / target).mkdir(exist_ok=True)
+                    os.rename(d / f, root / target / f)
+        for d in dirs:
+            if _IDENT_DIR.match(d.name) and d.name not in names.values():
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+
+    def _sync_folders(self, names: dict[int, str], wanted: list[list[str]]) -> None:
+        out = self.output_dir
+        # 1. identity folders follow renames (matched by number); stale temp files go
+        self._rename_identity_dirs(out, names)
         for folder in {*names.values(), NOISE_DIR}:
             (out / folder).mkdir(exist_ok=True)
         present: dict[str, set[str]] = {}
@@ -372,6 +404,7 @@ class ReviewStore:
                     log.warning("could not place %s in %s: %s", img["rel_path"], folder, e.strerror or e)
             for folder in spare:
                 (out / folder / fname).unlink(missing_ok=True)  # our own copy/link, never an input
+        self._sync_face_crops(names)
         # 3. identities emptied by merges or moves disappear
         keep = set(names.values())
         for d in managed:
