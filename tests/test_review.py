@@ -395,6 +395,39 @@ def test_saved_face_crops_follow_their_faces(clustered, tmp_path):
     assert sum(map(len, crops.values())) == len(store.faces)
 
 
+def test_group_photo_follows_each_of_its_faces(clustered, tmp_path):
+    """faces.select=all: a group photo sits in the folder of each of its people; moving one
+    of its faces moves that copy only."""
+    from idcluster.demo_data import insightface_image
+
+    root, inp0, _ = clustered
+    inp = tmp_path / "in"
+    shutil.copytree(inp0, inp)
+    shutil.copy2(insightface_image("t1.jpg"), inp / "group.jpg")
+    out = tmp_path / "group_out"
+    cfg = load_config([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
+                       "clusterer.min_cluster_size=3", "tracking=off", "faces.select=all"])
+    from rich.console import Console
+
+    app.cluster(cfg, Console(quiet=True), progress=False)
+    store = ReviewStore(out)
+    group = [k for k, (i, _) in store.faces.items() if store.images[i]["rel_path"] == "group.jpg"]
+    placed = [k for k in group if store.state.assign[k] != D.NOISE]
+    assert len(placed) >= 2
+    with_group = lambda: {d for d, files in disk_state(out).items() if "group.jpg" in files}  # noqa: E731
+    folders = store.folder_names()
+    assert with_group() == {folders[store.state.assign[k]] for k in placed}
+    store.act({"op": "reject", "faces": [placed[0]]})
+    folders = store.folder_names()
+    assert with_group() == {folders[store.state.assign[k]] for k in placed[1:]}
+    store.act({"op": "move", "faces": placed[1:], "to": -1})
+    assert with_group() == {"noise"}
+    store.act({"op": "undo"})
+    store.act({"op": "undo"})
+    assert with_group() == {store.folder_names()[store.state.assign[k]] for k in placed}
+    assert_consistent(out)
+
+
 # ---------------------------------------------------------------- CLI
 
 

@@ -134,7 +134,9 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
         i, k = hit
         img = store.images[i]
         box = (img.get("faces") or [])[k]["box"] if k < len(img.get("faces") or []) else None
-        data = face_thumbnail(thumbs, img["path"], img["sha256"], box) if box else None
+        # the input image, or its copy in the output folder where the input has moved away since
+        src = img["path"] if os.path.isfile(img["path"]) else safe_file(store, img.get("output") or "")
+        data = face_thumbnail(thumbs, str(src), img["sha256"], box) if box and src else None
         if data is None:
             return PlainTextResponse("not found", status_code=404)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
