@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "review_decisions.jsonl"
 NOISE = -1
-ACTIONS = ("move", "rename", "hide", "dismiss")
 MAX_ANCHORS = 1000  # members recorded with a "not this person": enough to find the identity again
 
 

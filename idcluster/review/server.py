@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -26,7 +27,8 @@ from starlette.staticfiles import StaticFiles
 from ..errors import IdclusterError
 from . import decisions as D
 from .store import ReviewStore
-from .thumbs import cache_for, face_thumbnail
+from ..cache import StageCache
+from .thumbs import face_thumbnail
 
 COOKIE = "idcluster_review"
 HEADER = "x-review-token"
@@ -78,7 +80,7 @@ def safe_file(store: ReviewStore, rel: str) -> Path | None:
 
 def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
     token = token or secrets.token_urlsafe(24)
-    thumbs = cache_for(store.cache_dir)
+    thumbs = StageCache(store.cache_dir)
     index_html = (static_dir() / "index.html").read_text(encoding="utf-8")
 
     def identity_json(i: int, names: dict[int, str]) -> dict:
@@ -165,8 +167,6 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
             return JSONResponse({"error": "body is not JSON"}, status_code=400)
         if not isinstance(body, dict):
             return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
-        from starlette.concurrency import run_in_threadpool
-
         try:
             entry = await run_in_threadpool(store.act, body)
         except IdclusterError as e:

@@ -10,6 +10,7 @@ ever renamed, copied or removed inside the output folder: inputs are never touch
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -234,8 +235,6 @@ class ReviewStore:
         raise InputError(f"unknown action {op!r}")
 
     def _stamp(self) -> dict:
-        import datetime as dt
-
         return {"seq": len(self.all_entries), "base": self.base_id,
                 "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 

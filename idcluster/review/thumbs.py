@@ -8,7 +8,6 @@ output folder; a thumbnail is made on its first request, so opening a folder of
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 from PIL import Image
 
@@ -35,11 +34,9 @@ def _crop_box(box, width: int, height: int) -> tuple[int, int, int, int]:
 def face_thumbnail(cache: StageCache, path: str, sha256: str, box, size: int = SIZE) -> bytes | None:
     """JPEG bytes of a square crop around `box`; None where the image cannot be read."""
     key = thumb_key(sha256, box, size)
-    cached = cache.path(THUMBS, key, "jpg")
-    try:
-        return cached.read_bytes()
-    except FileNotFoundError:
-        pass
+    cached = cache.get_bytes(THUMBS, key, "jpg")
+    if cached is not None:
+        return cached
     try:
         image = load_image(path)  # EXIF-rotated like the detector saw it
     except (ImageDecodeError, OSError):
@@ -50,9 +47,5 @@ def face_thumbnail(cache: StageCache, path: str, sha256: str, box, size: int = S
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)
     data = buf.getvalue()
-    cache._write(cached, data)  # atomic: temp file + rename
+    cache.put_bytes(THUMBS, key, "jpg", data)
     return data
-
-
-def cache_for(cache_dir: Path) -> StageCache:
-    return StageCache(cache_dir)
