@@ -123,7 +123,7 @@ def measure(out: Path, label: str) -> dict:
         c.post("/api/action", json={"op": "undo"}, headers=H)
     return {"run": label, "images": len(store.images), "identities": len(state["identities"]),
             "open_s": t_open, "state_s": t_state, "first_view_s": t_open + t_first, "first_screen_s": t_first,
-            "identity_page_s": t_page, "merge_s": t_act, "state_kib": None}
+            "identity_page_s": t_page, "merge_s": t_act}
 
 
 def main() -> None:

@@ -113,3 +113,12 @@ def test_bench_peers_quick(tiny_eval_root, tmp_path):
             assert r["images"] == 6 and in_unit(r["bcubed_f1"]), r
         else:
             assert r["note"]
+
+
+def test_bench_review_small(tmp_path):
+    out = tmp_path / "review"
+    run_script("bench_review.py", "--images", 120, "--identities", 6, "--out", out, timeout=300)
+    data = read_outputs(out)
+    assert [r["run"].split()[0] for r in data["rows"]] == ["cold", "warm"]
+    for r in data["rows"]:
+        assert r["images"] == 120 and r["identities"] >= 2 and r["first_view_s"] > 0 and r["merge_s"] > 0
