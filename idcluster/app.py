@@ -18,6 +18,8 @@ from .metrics import label_free
 from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
 from .locking import output_lock
 from .report import build_report, print_summary
+from .review import decisions as review_decisions
+from .review.store import save_embeddings
 
 log = logging.getLogger(__name__)
 CONTACT_SHEET = "contact_sheet.png"
@@ -30,6 +32,7 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
     input_dir = Path(cfg.input_dir).expanduser()
     output_dir = Path(cfg.output_dir).expanduser()
     cache_dir = Path(cfg.cache_dir).expanduser()
+    journal = review_journal(cfg) if until == "cluster" else None
     return pipeline.Spec(
         input_dir=input_dir,
         cache_dir=cache_dir,
@@ -44,7 +47,19 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
         workers=pipeline.default_workers(int(cfg.workers)),
         exclude=[output_dir, cache_dir],  # outputs placed inside the input are not inputs
         progress=progress,
+        constraint_sources=[review_decisions.constraint_source(journal)] if journal else [],
     )
+
+
+def review_journal(cfg: DictConfig) -> Path | None:
+    """The review decisions this run honours: review.decisions, else the output folder's journal."""
+    if cfg.get("review") and cfg.review.get("decisions"):
+        path = Path(str(cfg.review.decisions)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"review.decisions={path}: no such file")
+        return path
+    path = review_decisions.default_path(Path(cfg.output_dir).expanduser())
+    return path if path.is_file() else None
 
 
 def run_stage(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Result:
@@ -77,17 +92,28 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     if cfg.labels:
         check_labels(str(cfg.labels))
     prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
+    journal = review_journal(cfg)
+    reviewed = review_decisions.facts(review_decisions.read_journal(journal)) if journal else None
     track = tracking.enabled(cfg.tracking)
     if track:
         tracking.prefetch()  # MLflow's import (~2.5 s) overlaps the pipeline instead of following it
     with output_lock(output_dir, "cluster"):
-        result = pipeline.run(spec, until="cluster", cached_only=cached_only)
+        if cached_only and journal:
+            # Review decisions changed the clustering since `cluster` ran: redo only that cheap step
+            # (detections and embeddings still come from the cache or not at all).
+            result = pipeline.cluster_stage(spec, pipeline.run(spec, until="embed", cached_only=True))
+        else:
+            result = pipeline.run(spec, until="cluster", cached_only=cached_only)
+        # Names and hidden flags follow their people to whatever cluster numbers they got.
+        meta = review_decisions.identity_meta(result.records, reviewed) if reviewed else None
         t0 = time.perf_counter()
         prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
-        export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress)
+        export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress, meta=meta)
         result.timings["export"] = time.perf_counter() - t0
+        save_embeddings(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
         models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
-        report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(), output_dir.resolve())
+        report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(),
+                              output_dir.resolve(), meta=meta)
         report["metrics"] = run_metrics(cfg, result)
         write_json_atomic(output_dir / JSON_NAME, report)
         sheet = write_contact_sheet(report, result, output_dir)
