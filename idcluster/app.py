@@ -95,8 +95,6 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     journal = review_journal(cfg)
     reviewed = review_decisions.facts(review_decisions.read_journal(journal)) if journal else None
     track = tracking.enabled(cfg.tracking)
-    if track:
-        tracking.prefetch()  # MLflow's import (~2.5 s) overlaps the pipeline instead of following it
     with output_lock(output_dir, "cluster"):
         if cached_only and journal:
             # Review decisions changed the clustering since `cluster` ran: redo only that cheap step

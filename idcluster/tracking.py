@@ -1,14 +1,15 @@
 """MLflow tracking: one run per `cluster`, a parent run with one child per sweep point.
 
 Tracking is a side channel: any MLflow failure is one warning and the
-clustering output is kept. MLflow is imported only when tracking is on.
+clustering output is kept. MLflow is imported only when tracking is on, and only
+after the run's result is written and printed (its import costs seconds; a
+background import during the run measured slower: it competes with the run).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,24 +21,6 @@ OFF_VALUES = (False, None, 0, "off", "false", "no", "0")
 # MLflow 3's UI opens an experiment by its kind: "custom_model_development" is its "model training"
 # kind (a runs table); without the tag a fresh `mlflow ui` shows the GenAI overview page.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-_prefetch: threading.Thread | None = None
-
-
-def prefetch() -> None:
-    """Import MLflow on a background thread while the pipeline runs (its import costs
-    seconds; the Tracker built after the run then finds it loaded)."""
-    global _prefetch
-    if _prefetch is None:
-        def load():
-            try:
-                import mlflow  # noqa: F401
-            except Exception:  # noqa: BLE001 - the Tracker reports any failure when it is built
-                pass
-
-        _prefetch = threading.Thread(target=load, name="idcluster-mlflow-import", daemon=True)
-        _prefetch.start()
-
-
 def enabled(value) -> bool:
     return value not in OFF_VALUES and str(value).lower() not in OFF_VALUES
 
@@ -70,8 +53,6 @@ class Tracker:
         self.experiment = experiment
         self.ok = True
         try:
-            if _prefetch is not None:
-                _prefetch.join()
             import mlflow
 
             for name in ("mlflow", "alembic"):  # their INFO lines would drown the run's own output
