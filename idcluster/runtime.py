@@ -37,11 +37,30 @@ def onnx_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def onnx_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def torch_has_cuda() -> bool:
+    """A CUDA torch with a device, without importing torch where it is not installed."""
+    from importlib.util import find_spec
+
+    if find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def onnx_session_options(threads: int = 0):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # keep onnxruntime's own warnings out of the progress bars
+    # Idle threads spinning for work burn CPU seconds other processes (and our other worker) need.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = int(threads)
     return opts
