@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.preprocessing import FunctionTransformer
 
 from . import records as R
 from .cache import StageCache, cache_key
@@ -371,6 +370,8 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
         return hit["labels"], hit["probabilities"]
     if cached_only:
         raise CacheMiss(f"no cached clustering for this config in {cache.root}: run `idcluster cluster` with the same overrides first")
+
+    from sklearn.preprocessing import FunctionTransformer  # here: pool workers never import sklearn
 
     t0 = time.perf_counter()
     # reducer=none is an identity FunctionTransformer: caching a copy of every embedding buys nothing.
