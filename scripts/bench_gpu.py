@@ -112,8 +112,8 @@ def main(argv=None) -> int:
         report["embedder_runs_on"] = embedder.runs_on()
         report["detector_runs_on"] = "onnxruntime CUDA" if args.device == "cuda" and runtime.onnx_has_cuda() else "onnxruntime CPU"
         spec = pipeline.Spec(input_dir=work / "in", cache_dir=work / "cache", detector=detector, embedder=embedder,
-                             reducer=None, clusterer=Agglomerative(distance_threshold=0.07, min_cluster_size=5),
-                             params={"detector": {}, "embedder": {}, "reducer": {}, "clusterer": {"min_cluster_size": 5}},
+                             reducer=None, clusterer=Agglomerative(distance_threshold=0.07, min_cluster_size=2 if args.quick else 5),
+                             params={"detector": {}, "embedder": {}, "reducer": {}, "clusterer": {}},
                              workers=args.workers, batch_images=args.batch_images, progress=False)
         from sklearn.preprocessing import FunctionTransformer
 
