@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+import numpy as np
+
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,3 +83,40 @@ def torch_device(device: str) -> str:
             return "cuda"
         _warn_once("device=cuda asked for, but torch sees no CUDA device: running on CPU")
     return "cpu"
+
+
+class TorchOnnxSession:
+    """An ONNX model run by a CUDA torch (onnx2torch), with onnxruntime's `run` signature.
+
+    For GPU machines whose onnxruntime is the CPU build: the same graph and weights,
+    converted once per process.
+    """
+
+    def __init__(self, model: bytes | str, device: str = "cuda"):
+        import onnx
+        import torch
+        from onnx2torch import convert
+
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+        self.inputs = [i.name for i in proto.graph.input]
+        self.device = device
+        self.module = convert(proto).to(device).eval()
+        self._torch = torch
+
+    def run(self, output_names, feed: dict):
+        torch = self._torch
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(feed[name])).to(self.device) for name in self.inputs]
+            out = self.module(*args)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return [o.float().cpu().numpy() for o in out]
+
+
+def onnx_or_torch_session(model: bytes | str, device: str, threads: int = 0):
+    """onnxruntime (CUDA provider where it has one); on device=cuda with the CPU onnxruntime,
+    a CUDA torch with onnx2torch runs the model instead; else the CPU with the usual warning."""
+    from importlib.util import find_spec
+
+    if check_device(device) == "cuda" and not onnx_has_cuda() and find_spec("onnx2torch") and torch_has_cuda():
+        return TorchOnnxSession(model)
+    return onnx_session(model, device, threads)

