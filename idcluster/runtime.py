@@ -85,6 +85,18 @@ def torch_device(device: str) -> str:
     return "cpu"
 
 
+def _fold_identities(proto) -> None:
+    """Identity nodes over initializers (shared weights, as torch.onnx exports them) become
+    initializers: onnx2torch reads a Conv's weights from the initializers only."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    for node in list(proto.graph.node):
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = proto.graph.initializer.add()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            proto.graph.node.remove(node)
+
+
 class TorchOnnxSession:
     """An ONNX model run by a CUDA torch (onnx2torch), with onnxruntime's `run` signature.
 
@@ -98,6 +110,7 @@ class TorchOnnxSession:
         from onnx2torch import convert
 
         proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+        _fold_identities(proto)
         self.inputs = [i.name for i in proto.graph.input]
         self.device = device
         self.module = convert(proto).to(device).eval()
