@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import default_cache_dir
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -322,13 +323,6 @@ def to_onnx(net: DlibNet) -> bytes:
     return model.SerializeToString()
 
 
-def user_cache_dir() -> Path:
-    """Where converted models live: $IDCLUSTER_CACHE, else $XDG_CACHE_HOME/idcluster, else ~/.cache/idcluster."""
-    if os.environ.get("IDCLUSTER_CACHE"):
-        return Path(os.environ["IDCLUSTER_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "idcluster"
-
-
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -343,7 +337,7 @@ def converted_onnx(dat_path: str | Path, cache_dir: Path | None = None) -> Path:
     Written atomically (temp file + rename) so concurrent workers never read half a file.
     """
     dat_path = Path(dat_path)
-    root = (cache_dir or user_cache_dir()) / "dlib-onnx"
+    root = (cache_dir or default_cache_dir()) / "dlib-onnx"  # beside the stage cache; `cache prune` leaves it
     target = root / f"{sha256_of(dat_path)}-c{CONVERTER_VERSION}.onnx"
     if target.is_file():
         return target
