@@ -123,3 +123,20 @@ def test_bench_gpu_cpu_path(tmp_path):
     assert data["images"] == 24 and data["faces"] >= 20 and data["embedder_runs_on"] == "onnxruntime CPU"
     assert all(data["stages"][s]["images_per_s"] > 0 for s in ("decode", "detect", "embed"))
     assert data["bcubed_f1"] >= 0.8 and data["embedder_alone"][0]["faces_per_s"] > 0
+
+
+def test_bench_pose(tiny_eval_root, tmp_path):
+    out = tmp_path / "pose"
+    run_script("bench_pose.py", "--eval-root", tiny_eval_root, "--set", SET, "--out", out)
+    data = read_outputs(out)
+    assert [r["landmarks"] for r in data["estimators"]] == ["dlib68", "five_point"]
+    assert all(r["faces"] == 6 and r["cpu_ms_per_face"] > 0 for r in data["estimators"])
+
+
+def test_bench_review_small(tmp_path):
+    out = tmp_path / "review"
+    run_script("bench_review.py", "--images", 120, "--identities", 6, "--out", out, timeout=300)
+    data = read_outputs(out)
+    assert [r["run"].split()[0] for r in data["rows"]] == ["cold", "warm"]
+    for r in data["rows"]:
+        assert r["images"] == 120 and r["identities"] >= 2 and r["first_view_s"] > 0 and r["merge_s"] > 0
