@@ -45,6 +45,7 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
         min_face_size=float(cfg.faces.min_face_size),
         blur_threshold=float(cfg.faces.blur_threshold),
         workers=pipeline.default_workers(int(cfg.workers)),
+        batch_images=int(cfg.get("batch_images", 16)),
         exclude=[output_dir, cache_dir],  # outputs placed inside the input are not inputs
         progress=progress,
         constraint_sources=[review_decisions.constraint_source(journal)] if journal else [],

@@ -27,7 +27,7 @@ OmegaConf.register_new_resolver("idcluster_cache", lambda: str(default_cache_dir
 
 GROUPS = ("detector", "embedder", "reducer", "clusterer")
 # Options that change where/how fast a model runs, not its results: left out of cache keys.
-RUNTIME_KEYS = frozenset({"device", "threads", "batch_size", "memory"})
+RUNTIME_KEYS = frozenset({"device", "threads", "batch_size", "memory", "backend", "model_dir"})
 # Facts about a component that other groups read by interpolation (an embedder's
 # calibrated `distance_threshold`), not constructor arguments.
 META_KEYS = frozenset({"distance_threshold"})

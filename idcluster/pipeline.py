@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from sklearn.preprocessing import FunctionTransformer
 
 from . import records as R
 from .cache import StageCache, cache_key
@@ -61,6 +60,7 @@ class Spec:
     min_face_size: float = 0.0
     blur_threshold: float = 0.0
     workers: int = 1
+    batch_images: int = 16  # images per work unit: their faces share one embedder forward pass
     exclude: list[Path] = field(default_factory=list)  # folders inside input_dir to skip
     progress: bool = True
     # Seeds, review decisions, video tracks/frames: each maps the records (rows
@@ -117,37 +117,67 @@ def _embed_indices(rec: ImageRecord, spec: Spec) -> list[int]:
     return [rec.face_index, *others]
 
 
-def _work(spec: Spec, task: dict) -> dict:
-    """Decode one image, detect if needed, and embed the faces still missing."""
-    out: dict = {"times": {}}
+def _decode_detect(spec: Spec, task: dict, out: dict):
+    """Decode one image and detect if needed; returns (image, face indices to embed)."""
     t0 = time.perf_counter()
     try:
         image = load_image(task["path"])
     except ImageDecodeError as e:
         out["detection"] = {"error": str(e)}
         out["times"]["decode"] = time.perf_counter() - t0
-        return out
+        return None, []
     t1 = time.perf_counter()
     out["times"]["decode"] = t1 - t0
     entry = task["detection"]
     if entry is None:
         entry = out["detection"] = _detection_entry(spec.detector.detect(image), image.shape)
         out["times"]["detect"] = time.perf_counter() - t1
-    if task["embed"]:
-        indices = task["embed_faces"]
-        if indices is None:  # detected just now: choose here
-            rec = ImageRecord(path=task["path"], rel_path="", size=0)
-            _apply_detection(rec, entry)
-            _choose(rec, spec)
-            indices = _embed_indices(rec, spec)
-        if indices:
-            t2 = time.perf_counter()
-            faces = [Face.from_dict(entry["faces"][k]) for k in indices]
-            chips = [spec.embedder.align(image, f) for f in faces]
-            vectors = spec.embedder.embed(chips)
-            out["embeddings"] = {k: (vectors[n], blur_score(chip)) for n, (k, chip) in enumerate(zip(indices, chips))}
-            out["times"]["embed"] = time.perf_counter() - t2
-    return out
+    if not task["embed"]:
+        return image, []
+    indices = task["embed_faces"]
+    if indices is None:  # detected just now: choose here
+        rec = ImageRecord(path=task["path"], rel_path="", size=0)
+        _apply_detection(rec, entry)
+        _choose(rec, spec)
+        indices = _embed_indices(rec, spec)
+    return image, [(k, Face.from_dict(entry["faces"][k])) for k in indices]
+
+
+def work_batch(spec: Spec, tasks: list[dict]) -> list[dict]:
+    """Decode, detect and align each image of `tasks`, then embed the faces of all of
+    them in one call (one forward pass where the embedder batches); one result per task.
+
+    The unit every runner executes (the local process pool here; a Ray runner can map
+    it over batches): it reads only the images and the constructed components, and
+    its results go into the content cache via `detect_and_embed`'s on_result.
+    """
+    outs: list[dict] = []
+    chips: list[np.ndarray] = []
+    owners: list[tuple[int, int]] = []  # (position in tasks, face index) of each chip
+    align_s = 0.0
+    for n, task in enumerate(tasks):
+        out: dict = {"times": {}}
+        outs.append(out)
+        image, faces = _decode_detect(spec, task, out)
+        t0 = time.perf_counter()
+        for k, face in faces:
+            chips.append(spec.embedder.align(image, face))
+            owners.append((n, k))
+        align_s += time.perf_counter() - t0
+    if not chips:
+        return outs
+    t0 = time.perf_counter()
+    vectors = spec.embedder.embed(chips)
+    share = (align_s + time.perf_counter() - t0) / len(chips)  # embed time, split per face
+    for (n, k), vector, chip in zip(owners, vectors, chips):
+        outs[n].setdefault("embeddings", {})[k] = (vector, blur_score(chip))
+        outs[n]["times"]["embed"] = outs[n]["times"].get("embed", 0.0) + share
+    return outs
+
+
+def _work(spec: Spec, task: dict) -> dict:
+    """Decode one image, detect if needed, and embed the faces still missing."""
+    return work_batch(spec, [task])[0]
 
 
 _WORKER_SPEC: Spec | None = None
@@ -162,26 +192,38 @@ def _init_worker(blob: bytes) -> None:
     _WORKER_SPEC = pickle.loads(blob)
 
 
-def _work_in_pool(task: dict) -> dict:
-    return _work(_WORKER_SPEC, task)
+def _work_in_pool(tasks: list[dict]) -> list[dict]:
+    return work_batch(_WORKER_SPEC, tasks)
+
+
+def _batches(tasks: list[dict], size: int):
+    for i in range(0, len(tasks), size):
+        yield tasks[i:i + size]
 
 
 def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
-    """Run tasks inline or on a process pool, calling on_result(task, out) in the parent."""
+    """Run tasks inline or on a process pool in batches of spec.batch_images, calling
+    on_result(task, out) in the parent as each batch finishes (so an interrupted run
+    loses at most the batches in flight)."""
+    size = max(1, spec.batch_images)
     with stage_bar(label, len(tasks), spec.progress) as bar:
         if spec.workers <= 1 or len(tasks) < POOL_MIN_TASKS:
-            for task in tasks:
-                on_result(task, _work(spec, task))
-                bar.advance()
+            for batch in _batches(tasks, size):
+                for task, out in zip(batch, work_batch(spec, batch)):
+                    on_result(task, out)
+                    bar.advance()
             return
         # Workers get the per-image parts only; set-level estimators stay here.
         worker_spec = Spec(**{**spec.__dict__, "progress": False, "reducer": None, "clusterer": None})
-        if getattr(worker_spec.detector, "threads", None) == 0:
-            worker_spec.detector.threads = 1
+        for part in (worker_spec.detector, worker_spec.embedder):
+            if getattr(part, "threads", None) == 0:
+                part.threads = 1  # one core per worker: no oversubscribed thread pools
         blob = pickle.dumps(worker_spec)
+        # Small batches while there are few tasks per worker, so both cores get work.
+        size = max(1, min(size, len(tasks) // (spec.workers * 4) or 1))
         pending: dict = {}
-        queue = iter(tasks)
-        window = spec.workers * 4  # bounded in-flight work keeps memory flat on huge folders
+        queue = _batches(tasks, size)
+        window = spec.workers * 2  # bounded in-flight work keeps memory flat on huge folders
         # spawn, not fork: a fork after onnxruntime/OpenMP threads exist in this
         # process can deadlock the child (seen here when models ran in the parent first).
         ctx = multiprocessing.get_context("spawn")
@@ -189,16 +231,18 @@ def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
             try:
                 while True:
                     while len(pending) < window:
-                        task = next(queue, None)
-                        if task is None:
+                        batch = next(queue, None)
+                        if batch is None:
                             break
-                        pending[pool.submit(_work_in_pool, task)] = task
+                        pending[pool.submit(_work_in_pool, batch)] = batch
                     if not pending:
                         break
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        on_result(pending.pop(fut), fut.result())
-                        bar.advance()
+                        batch = pending.pop(fut)
+                        for task, out in zip(batch, fut.result()):
+                            on_result(task, out)
+                            bar.advance()
             except BrokenProcessPool:
                 raise PipelineError(
                     "a worker process died (out of memory, or killed); finished images are cached: "
@@ -342,6 +386,8 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
         return hit["labels"], hit["probabilities"]
     if cached_only:
         raise CacheMiss(f"no cached clustering for this config in {cache.root}: run `idcluster cluster` with the same overrides first")
+
+    from sklearn.preprocessing import FunctionTransformer  # here: pool workers never import sklearn
 
     t0 = time.perf_counter()
     # reducer=none is an identity FunctionTransformer: caching a copy of every embedding buys nothing.

@@ -25,7 +25,7 @@ def test_help_lists_commands_and_config_groups():
     result = invoke("cluster", "--help")
     assert result.exit_code == 0
     assert "retinaface*" in result.output and "dlib*" in result.output and "facenet" in result.output
-    assert "hdbscan*" in result.output and "pca" in result.output
+    assert "agglomerative*" in result.output and "pca" in result.output
 
 
 def test_detect_embed_cluster_export(small_set, tmp_path):

@@ -44,11 +44,12 @@ class Spy:
     """Counts calls to a method while keeping its behaviour."""
 
     def __init__(self, monkeypatch, cls, name):
-        self.calls = 0
+        self.calls = self.items = 0
         original = getattr(cls, name)
 
         def wrapped(obj, *a, **k):
             self.calls += 1
+            self.items += len(a[0]) if name == "embed" else 1
             return original(obj, *a, **k)
 
         monkeypatch.setattr(cls, name, wrapped)
@@ -59,9 +60,10 @@ def test_second_run_computes_nothing(small_set, tmp_path, monkeypatch, config):
     det = Spy(monkeypatch, RetinaFaceDetector, "detect")
     emb = Spy(monkeypatch, DlibEmbedder, "embed")
     first = run(config(folder))
-    assert det.calls == len(truth) and emb.calls == len(truth)
+    assert det.calls == len(truth) and emb.items == len(truth)
+    assert emb.calls == -(-len(truth) // 16)  # faces of up to 16 images per forward pass
     second = run(config(folder))
-    assert det.calls == len(truth) and emb.calls == len(truth)  # no new calls
+    assert det.calls == len(truth) and emb.items == len(truth)  # no new calls
     assert not second.computed
     assert [r.label for r in first.records] == [r.label for r in second.records]
 
@@ -71,7 +73,7 @@ def test_clusterer_change_reruns_only_clustering(small_set, tmp_path, monkeypatc
     run(config(folder))
     det = Spy(monkeypatch, RetinaFaceDetector, "detect")
     emb = Spy(monkeypatch, DlibEmbedder, "embed")
-    result = run(config(folder, "clusterer.min_samples=1"))
+    result = run(config(folder, "clusterer.linkage=complete"))
     assert (det.calls, emb.calls) == (0, 0)
     assert dict(result.computed) == {"cluster": 1}
 
@@ -122,12 +124,31 @@ def test_interrupted_run_resumes(small_set, tmp_path, monkeypatch, config):
 
     monkeypatch.setattr(DlibEmbedder, "embed", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run(config(folder))
+        run(config(folder, "batch_images=1"))
     monkeypatch.setattr(DlibEmbedder, "embed", original)
     result = run(config(folder))
     # The 7 images finished before the interrupt are kept; the rest are computed now.
     assert result.computed["embed"] == len(truth) - 7
     assert result.computed["detect"] == len(truth) - 7
+
+
+def test_interrupted_batched_run_keeps_finished_batches(small_set, tmp_path, monkeypatch, config):
+    folder, truth = small_set
+    original = DlibEmbedder.embed
+    calls = {"n": 0}
+
+    def flaky(self, chips):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, chips)
+
+    monkeypatch.setattr(DlibEmbedder, "embed", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(folder, "batch_images=3"))
+    monkeypatch.setattr(DlibEmbedder, "embed", original)
+    result = run(config(folder))
+    assert result.computed["embed"] == len(truth) - 6  # two batches of 3 were cached
 
 
 def test_corrupt_cache_entry_is_a_warning_and_a_recompute(small_set, tmp_path, caplog, config):
@@ -267,6 +288,6 @@ def test_reduction_is_cached_and_shared_by_clusterer_changes(small_set, config):
     folder, _ = small_set
     first = run(config(folder, "reducer=pca", "reducer.n_components=8"))
     assert first.computed["reduce"] == 1
-    second = run(config(folder, "reducer=pca", "reducer.n_components=8", "clusterer.min_samples=1"))
+    second = run(config(folder, "reducer=pca", "reducer.n_components=8", "clusterer.linkage=complete"))
     assert dict(second.computed) == {"cluster": 1}
     assert "reduce" not in run(config(folder)).computed  # reducer=none stores nothing

@@ -26,7 +26,7 @@ def test_precedence_cli_over_toml_over_conf(tmp_path):
 [defaults]
 input_dir = "some images"
 workers = 1
-overrides = ["clusterer.min_cluster_size=5", "clusterer.min_samples=3"]
+overrides = ["clusterer=hdbscan", "clusterer.min_cluster_size=5", "clusterer.min_samples=3"]
 
 [experiments.tight]
 overrides = ["clusterer=agglomerative", "clusterer.distance_threshold=0.05"]

@@ -115,6 +115,16 @@ def test_bench_peers_quick(tiny_eval_root, tmp_path):
             assert r["note"]
 
 
+def test_bench_gpu_cpu_path(tmp_path):
+    """The GPU benchmark's CPU path (no GPU here): synthetic faces, every stage timed, JSON written."""
+    out = tmp_path / "gpu.json"
+    run_script("bench_gpu.py", "--quick", "--device", "cpu", "--out", out, timeout=300)
+    data = json.loads(out.read_text())
+    assert data["images"] == 24 and data["faces"] >= 20 and data["embedder_runs_on"] == "onnxruntime CPU"
+    assert all(data["stages"][s]["images_per_s"] > 0 for s in ("decode", "detect", "embed"))
+    assert data["bcubed_f1"] >= 0.8 and data["embedder_alone"][0]["faces_per_s"] > 0
+
+
 def test_bench_pose(tiny_eval_root, tmp_path):
     out = tmp_path / "pose"
     run_script("bench_pose.py", "--eval-root", tiny_eval_root, "--set", SET, "--out", out)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..records import Face
-from ..runtime import onnx_session
+from ..runtime import onnx_or_torch_session
 
 # BGR channel means the model was trained with (retinaface.preprocess.MEAN).
 _MEAN_BGR = np.array([104.0, 117.0, 127.0], dtype=np.float32)
@@ -47,7 +47,7 @@ class RetinaFaceDetector:
         if self._session is None:
             from retinaface.weights import WEIGHTS
 
-            self._session = onnx_session(WEIGHTS, self.device, self.threads)
+            self._session = onnx_or_torch_session(WEIGHTS, self.device, self.threads)
         return self._session
 
     def __getstate__(self):  # sessions do not pickle; rebuilt lazily in workers
