@@ -296,11 +296,15 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
 
 
 def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
-    """Cluster 0 is the largest (ties: first seen), noise stays -1."""
-    ids = [l for l in dict.fromkeys(labels.tolist()) if l >= 0]
-    order = sorted(ids, key=lambda l: -int((labels == l).sum()))
-    mapping = {old: new for new, old in enumerate(order)}
-    return np.array([mapping.get(l, -1) for l in labels.tolist()], dtype=np.int64)
+    """Cluster 0 is the largest (ties: first seen), noise stays -1. O(n log n) at any cluster count."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.full(len(labels), -1, dtype=np.int64)
+    rows = np.flatnonzero(labels >= 0)
+    ids, first, inv, counts = np.unique(labels[rows], return_index=True, return_inverse=True, return_counts=True)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.lexsort((first, -counts))] = np.arange(len(ids))
+    out[rows] = rank[inv.ravel()]
+    return out
 
 
 def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray) -> np.ndarray:
