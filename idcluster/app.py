@@ -16,6 +16,7 @@ from .evaluation import check_labels, evaluate, ground_truth
 from .metrics import label_free
 from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
 from .report import build_report, print_summary
+from .runners import make_runner
 
 STAGE_GROUPS = {"detect": ("detector",), "embed": ("detector", "embedder"), "cluster": ("detector", "embedder", "reducer", "clusterer")}
 
@@ -40,6 +41,7 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
         workers=pipeline.default_workers(int(cfg.workers)),
         exclude=[output_dir, cache_dir],  # outputs placed inside the input are not inputs
         progress=progress,
+        runner=make_runner(cfg),
     )
 
 

@@ -61,6 +61,7 @@ class Spec:
     workers: int = 1
     exclude: list[Path] = field(default_factory=list)  # folders inside input_dir to skip
     progress: bool = True
+    runner: Any = None  # None: local process pool; else idcluster.runners.Runner (e.g. Ray)
 
 
 @dataclass
@@ -161,17 +162,20 @@ def _work_in_pool(task: dict) -> dict:
 
 
 def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
-    """Run tasks inline or on a process pool, calling on_result(task, out) in the parent."""
+    """Run tasks inline, on a process pool or on spec.runner, calling on_result(task, out) in the parent."""
     with stage_bar(label, len(tasks), spec.progress) as bar:
-        if spec.workers <= 1 or len(tasks) < POOL_MIN_TASKS:
+        if spec.runner is None and (spec.workers <= 1 or len(tasks) < POOL_MIN_TASKS):
             for task in tasks:
                 on_result(task, _work(spec, task))
                 bar.advance()
             return
         # Workers get the per-image parts only; set-level estimators stay here.
-        worker_spec = Spec(**{**spec.__dict__, "progress": False, "reducer": None, "clusterer": None})
+        worker_spec = Spec(**{**spec.__dict__, "progress": False, "reducer": None, "clusterer": None, "runner": None})
         if getattr(worker_spec.detector, "threads", None) == 0:
             worker_spec.detector.threads = 1
+        if spec.runner is not None:  # e.g. Ray: same per-task function, results cached here as they arrive
+            spec.runner.run(worker_spec, tasks, _work, on_result, bar.advance)
+            return
         blob = pickle.dumps(worker_spec)
         pending: dict = {}
         queue = iter(tasks)
