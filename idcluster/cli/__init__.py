@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .add import add
 from .cluster import cluster, run
 from .common import OVERRIDES_CONTEXT, STATE, groups_epilog
 from .demo import demo
@@ -24,7 +25,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-for command in (detect, embed, cluster, export, sweep, run, demo):
+for command in (detect, embed, cluster, add, export, sweep, run, demo):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
 
 
