@@ -215,6 +215,50 @@ def bench_size(X: np.ndarray, y: np.ndarray, threshold: float, exact: bool, time
     return rows
 
 
+def bench_cache(n: int, root: Path) -> dict:
+    """The per-image stage cache at n images: write/read time and disk use of n detection + n embedding entries.
+
+    Entries look like real ones: a detection JSON with one face (box, 5 landmarks, score)
+    and a 128-d float32 embedding + blur npz, keyed exactly as the pipeline keys them.
+    """
+    import shutil
+    import subprocess
+
+    from idcluster.cache import StageCache, cache_key
+    from idcluster.pipeline import DETECT, EMBED
+
+    cache = StageCache(root)
+    rng = np.random.default_rng(0)
+    face = {"box": [10.0, 12.0, 80.0, 95.0], "landmarks": [[30.0, 40.0]] * 5, "score": 0.99, "detector": "retinaface"}
+    keys = [cache_key("detect", f"{i:064x}", ["model", {}]) for i in range(n)]
+    vec = rng.normal(size=128).astype(np.float32)
+    t0 = time.perf_counter()
+    for k in keys:
+        cache.put_json(DETECT, k, {"faces": [face], "width": 150, "height": 150})
+        cache.put_arrays(EMBED, k, embedding=vec, blur=np.float64(100.0))
+    write_s = time.perf_counter() - t0
+    subprocess.run(["sync"], check=False)
+    du = subprocess.run(["du", "-sk", "--apparent-size", str(root)], capture_output=True, text=True).stdout.split()[0]
+    du_disk = subprocess.run(["du", "-sk", str(root)], capture_output=True, text=True).stdout.split()[0]
+    t0 = time.perf_counter()
+    for k in keys:
+        cache.get_json(DETECT, k)
+        cache.get_arrays(EMBED, k)
+    read_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    files = sum(len(f) for _, _, f in os.walk(root))
+    walk_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    shutil.rmtree(root)
+    rm_s = time.perf_counter() - t0
+    return {"images": n, "files": files, "write_s": round(write_s, 1), "read_s": round(read_s, 1),
+            "write_ms_per_image": round(1000 * write_s / n, 3), "read_ms_per_image": round(1000 * read_s / n, 3),
+            "walk_s": round(walk_s, 1), "rm_s": round(rm_s, 1),
+            "apparent_mb": round(int(du) / 1024, 1), "disk_mb": round(int(du_disk) / 1024, 1),
+            "extrapolated_10e6_write_min": round(write_s / n * 1e6 / 60, 1),
+            "extrapolated_10e6_disk_gb": round(int(du_disk) / 1024**2 / n * 1e6, 2)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -227,9 +271,20 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/bench_scale"))
     ap.add_argument("--quick", action="store_true", help="smoke test: a random stand-in for the real set, n=2000")
+    ap.add_argument("--cache-entries", type=int, default=0,
+                    help="instead: measure the per-image stage cache with this many synthetic images")
+    ap.add_argument("--cache-root", type=Path, default=None, help="where --cache-entries writes (default: a temp dir)")
     args = ap.parse_args(argv)
 
     import tempfile
+
+    if args.cache_entries:
+        with tempfile.TemporaryDirectory(dir=args.cache_root) as tmp:
+            r = bench_cache(args.cache_entries, Path(tmp) / "cache")
+        data = {"machine": machine_info(), "loadavg": os.getloadavg(), "cache": r}
+        cols = [(k, "{}") for k in r]
+        write_outputs(args.out, data, [markdown([r], cols)])
+        return 0
 
     if args.quick:
         # No models: a random 80-identity, 128-d "real" set, so the generator and fits run in seconds.
