@@ -30,6 +30,8 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster._hdbscan.hdbscan import tree_to_labels
 from sklearn.neighbors import radius_neighbors_graph
 
+from .constraints import Constraints, apply_constraints, cannot_link_map, must_linked_rows
+
 log = logging.getLogger(__name__)
 
 
@@ -48,10 +50,14 @@ def _centres(Xn: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return ids, _unit(np.asarray(member @ Xn) / counts[:, None])
 
 
-def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+def drop_small(labels: np.ndarray, min_size: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """Clusters under min_size -> noise, except clusters holding a `keep` row (must-linked)."""
     labels = labels.copy()
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
-    labels[np.isin(labels, ids[counts < min_size])] = -1
+    small = ids[counts < min_size]
+    if keep is not None and keep.any():
+        small = np.setdiff1d(small, labels[keep & (labels >= 0)])
+    labels[np.isin(labels, small)] = -1
     return labels
 
 
@@ -59,8 +65,9 @@ def _group_ids(groups) -> np.ndarray:
     return np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
 
 
-def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups) -> np.ndarray:
-    """Per cluster, keep one face per group (the one nearest the centre); the rest -> noise.
+def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups, keep: np.ndarray | None = None) -> np.ndarray:
+    """Per cluster, keep one face per group (a `keep` row first, else the one nearest the
+    centre); the rest -> noise.
 
     One sort, O(n log n) at any number of clusters: rows ordered by (cluster, group,
     -similarity to the centre); the first of each (cluster, group) run stays
@@ -74,6 +81,8 @@ def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups) -> np.ndarra
         return labels
     cidx = np.searchsorted(ids, labels[rows])
     sims = np.einsum("ij,ij->i", Xn[rows], centres[cidx])
+    if keep is not None:
+        sims = np.where(keep[rows], np.inf, sims)
     order = np.lexsort((rows, -sims, gid[rows], cidx))
     c, g = cidx[order], gid[rows][order]
     repeat = np.zeros(len(order), dtype=bool)
@@ -96,8 +105,10 @@ def _taken(labels: np.ndarray, gid: np.ndarray, noise: np.ndarray, ids: np.ndarr
 _CHUNK_CELLS = 16_000_000
 
 
-def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, groups=None) -> np.ndarray:
-    """Noise joins its nearest cluster centre when similar enough (never a cluster its image is in).
+def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, groups=None,
+                   forbidden: dict[int, set[int]] | None = None) -> np.ndarray:
+    """Noise joins its nearest cluster centre when similar enough (never a cluster its image
+    is in, nor one holding a row it is cannot-linked with: `forbidden`).
 
     Memory stays bounded at any size: the noise x centres similarities go in chunks.
     """
@@ -108,14 +119,22 @@ def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, gr
         return labels
     if groups is not None:
         pos, cidx = _taken(labels, _group_ids(groups), noise, ids)
+    else:
+        pos, cidx = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if forbidden:  # explicit cannot-links: few, a loop over them only
+        where = {int(n): p for p, n in enumerate(noise)}
+        extra = [(where[n], int(np.searchsorted(ids, labels[m]))) for n, ms in forbidden.items() if n in where
+                 for m in ms if labels[m] >= 0]
+        if extra:
+            e = np.asarray(extra, dtype=np.int64)
+            pos, cidx = np.concatenate([pos, e[:, 0]]), np.concatenate([cidx, e[:, 1]])
     best = np.empty(len(noise), dtype=np.int64)
     top = np.empty(len(noise))
     step = max(1, _CHUNK_CELLS // len(ids))
     for lo in range(0, len(noise), step):
         sims = Xn[noise[lo:lo + step]] @ centres.T
-        if groups is not None:
-            sel = (pos >= lo) & (pos < lo + step)
-            sims[pos[sel] - lo, cidx[sel]] = -np.inf
+        sel = (pos >= lo) & (pos < lo + step)
+        sims[pos[sel] - lo, cidx[sel]] = -np.inf
         best[lo:lo + step] = sims.argmax(axis=1)
         top[lo:lo + step] = sims[np.arange(len(sims)), best[lo:lo + step]]
     ok = top >= min_similarity
@@ -124,23 +143,31 @@ def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, gr
 
 
 class _FaceClusterer(ClusterMixin, BaseEstimator):
-    """Shared post-processing; subclasses implement `_cluster(Xn) -> labels`."""
+    """Shared post-processing; subclasses implement `_cluster(Xn) -> labels`.
 
-    def fit(self, X, y=None, groups=None):
+    `constraints` (idcluster.constraints.Constraints over the rows of X: seeds,
+    review decisions, video tracks/frames) are applied here for every clusterer;
+    must-linked rows are never dropped as too small nor lose a same-image contest.
+    """
+
+    def fit(self, X, y=None, groups=None, constraints: Constraints | None = None):
         Xn = _unit(X)
         labels = np.asarray(self._cluster(Xn), dtype=np.int64)
         labels = drop_small(labels, self.min_cluster_size)
+        keep = must_linked_rows(constraints, len(Xn)) if constraints else None
+        labels = apply_constraints(Xn, labels, constraints)
         if self.cannot_link_same_image and groups is not None:
-            labels = enforce_cannot_link(Xn, labels, groups)
+            labels = enforce_cannot_link(Xn, labels, groups, keep=keep)
         if self.reassign_noise is not None:
-            labels = reassign_noise(Xn, labels, float(self.reassign_noise), groups if self.cannot_link_same_image else None)
-        self.labels_ = drop_small(labels, self.min_cluster_size)
+            labels = reassign_noise(Xn, labels, float(self.reassign_noise), groups if self.cannot_link_same_image else None,
+                                    forbidden=cannot_link_map(constraints))
+        self.labels_ = drop_small(labels, self.min_cluster_size, keep=keep)
         if getattr(self, "probabilities_", None) is not None:  # HDBSCAN's, after post-processing
             self.probabilities_ = np.where(self.labels_ >= 0, self.probabilities_, 0.0)
         return self
 
-    def fit_predict(self, X, y=None, groups=None):
-        return self.fit(X, groups=groups).labels_
+    def fit_predict(self, X, y=None, groups=None, constraints: Constraints | None = None):
+        return self.fit(X, groups=groups, constraints=constraints).labels_
 
 
 # Brute force (a full distance matrix, BLAS) builds HDBSCAN's tree ~15x faster than

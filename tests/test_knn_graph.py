@@ -112,25 +112,29 @@ def _loop_centres(Xn, labels):
     return ids, c / np.linalg.norm(c, axis=1, keepdims=True)
 
 
-def _loop_cannot_link(Xn, labels, groups):
+def _loop_cannot_link(Xn, labels, groups, keep=None):
     labels, groups = labels.copy(), np.asarray(groups)
     for cid, centre in zip(*_loop_centres(Xn, labels)):
         members = np.flatnonzero(labels == cid)
+        sims = Xn[members] @ centre
+        if keep is not None:
+            sims = np.where(keep[members], np.inf, sims)
         seen = set()
-        for m in members[np.argsort(-(Xn[members] @ centre), kind="stable")]:
+        for m in members[np.argsort(-sims, kind="stable")]:
             if groups[m] in seen:
                 labels[m] = -1
             seen.add(groups[m])
     return labels
 
 
-def _loop_reassign(Xn, labels, min_similarity, groups):
+def _loop_reassign(Xn, labels, min_similarity, groups, forbidden=None):
     labels = labels.copy()
     ids, centres = _loop_centres(Xn, labels)
     noise = np.flatnonzero(labels < 0)
     sims = Xn[noise] @ centres.T
     for row, n in enumerate(noise):
         taken = set(labels[(groups == groups[n]) & (labels >= 0)].tolist())
+        taken |= {int(labels[m]) for m in (forbidden or {}).get(n, ()) if labels[m] >= 0}
         sims[row, np.isin(ids, list(taken))] = -np.inf
     best = sims.argmax(axis=1)
     ok = sims[np.arange(len(noise)), best] >= min_similarity
@@ -151,6 +155,17 @@ def test_vectorised_post_processing_equals_the_per_cluster_loops(seed):
     kept = enforce_cannot_link(X, labels, groups)
     assert (kept == _loop_cannot_link(X, labels, groups)).all()
     assert (reassign_noise(X, kept, 0.2, groups) == _loop_reassign(X, kept, 0.2, groups)).all()
+    keep = rng.random(n) < 0.05  # must-linked rows win their same-image contest
+    kept = enforce_cannot_link(X, labels, groups, keep=keep)
+    reference = _loop_cannot_link(X, labels, groups, keep=keep)
+    assert (kept == reference).all()
+    pairs = rng.integers(0, n, (20, 2))
+    forbidden = {}
+    for a, b in pairs:
+        forbidden.setdefault(int(a), set()).add(int(b))
+        forbidden.setdefault(int(b), set()).add(int(a))
+    assert (reassign_noise(X, kept, 0.2, groups, forbidden=forbidden)
+            == _loop_reassign(X, kept, 0.2, groups, forbidden)).all()
 
 
 def test_relabel_by_size_orders_by_size_then_first_seen():
