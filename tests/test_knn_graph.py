@@ -170,3 +170,24 @@ def test_vectorised_post_processing_equals_the_per_cluster_loops(seed):
 
 def test_relabel_by_size_orders_by_size_then_first_seen():
     assert _relabel_by_size(np.array([5, 2, 2, -1, 5, 7, 7, 7])).tolist() == [1, 2, 2, -1, 1, 0, 0, 0]
+
+
+@pytest.mark.slow
+def test_bench_scale_quick_writes_json_and_a_table(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_scale.py"
+    for args, key in ((["--quick"], "results"), (["--cache-entries", "200"], "cache")):
+        out = tmp_path / key
+        proc = subprocess.run([sys.executable, str(script), *args, "--out", str(out)], capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        data = json.loads(out.with_suffix(".json").read_text())
+        assert data[key]
+        assert out.with_suffix(".md").read_text().startswith("| ")
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert {r["clusterer"] for r in rows} == {"knn_graph", "chinese_whispers"}
+    assert all(r["status"] == "ok" and r["bcubed_f1_truth"] > 0.9 for r in rows)
