@@ -10,7 +10,7 @@
    nearest-centroid rule alone lets a big, spread-out identity swallow
    look-alikes). Faces of one new image never join the same identity.
 4. The rest are clustered among themselves on a kNN graph at the same threshold
-   (clusterer=knn_graph; HDBSCAN finds nothing in a handful of faces), keeping the
+   (clusterer=knn_graph; a handful of faces is too few for HDBSCAN's densities), keeping the
    configured min_cluster_size; their clusters become new identities after the
    existing ones; the rest is noise.
 
@@ -98,8 +98,8 @@ def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.n
     rest = np.flatnonzero(labels < 0)
     new_ids = 0
     if len(rest) >= 2:
-        # A threshold graph, not the configured clusterer: HDBSCAN finds no cluster at all in a
-        # handful of faces of one new person; the configured min_cluster_size still applies.
+        # A threshold graph, not the configured clusterer: the rest is often a handful of faces,
+        # too few for density-based clusterers; the configured min_cluster_size still applies.
         from .knn_graph import KNNGraph
 
         graph = KNNGraph(distance_threshold=distance_threshold, min_cluster_size=getattr(clusterer, "min_cluster_size", 2))

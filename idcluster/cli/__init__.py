@@ -7,7 +7,11 @@ from typing import Optional
 
 import typer
 
+<<<<<<< HEAD
 from .add import add
+=======
+from .cache import cache_app
+>>>>>>> main
 from .cluster import cluster, run
 from .common import OVERRIDES_CONTEXT, STATE, groups_epilog
 from .demo import demo
@@ -27,6 +31,7 @@ app = typer.Typer(
 )
 for command in (detect, embed, cluster, add, export, sweep, run, demo):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
+app.add_typer(cache_app, name="cache")
 
 
 @app.callback()
