@@ -115,7 +115,21 @@ def _name(cluster: int, width: int) -> str:
 
 
 def add_images(cfg, console, progress: bool = True) -> dict:
-    """`idcluster add`: embed cfg.input_dir's images and merge them into the export in cfg.output_dir."""
+    """`idcluster add`: embed cfg.input_dir's images and merge them into the export in cfg.output_dir
+    (holding the output folder's lock, as `cluster` does)."""
+    from pathlib import Path
+
+    from .export import JSON_NAME
+    from .locking import output_lock
+
+    output_dir = Path(cfg.output_dir).expanduser()
+    if not (output_dir / JSON_NAME).is_file():
+        raise InputError(f"no earlier export in {output_dir} ({JSON_NAME} missing): run `idcluster cluster` first")
+    with output_lock(output_dir, "add"):
+        return _add_images(cfg, console, progress)
+
+
+def _add_images(cfg, console, progress: bool) -> dict:
     import datetime as dt
     import json
     from pathlib import Path

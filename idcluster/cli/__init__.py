@@ -7,11 +7,8 @@ from typing import Optional
 
 import typer
 
-<<<<<<< HEAD
 from .add import add
-=======
 from .cache import cache_app
->>>>>>> main
 from .cluster import cluster, run
 from .common import OVERRIDES_CONTEXT, STATE, groups_epilog
 from .demo import demo
