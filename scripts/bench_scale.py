@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-exact", action="store_true", help="skip the exact reference fits")
     ap.add_argument("--k", type=int, default=30)
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/bench_scale"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/bench_scale"))
     ap.add_argument("--quick", action="store_true", help="smoke test: a random stand-in for the real set, n=2000")
     ap.add_argument("--cache-entries", type=int, default=0,
                     help="instead: measure the per-image stage cache with this many synthetic images")

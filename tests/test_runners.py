@@ -65,8 +65,8 @@ def ray_local():
 def test_ray_gives_the_same_identities_as_local(ray_local, small_set, tmp_path):
     folder, truth = small_set
     base = [f"input_dir={folder}", "clusterer.min_cluster_size=3", "tracking=off", "workers=2"]
-    local = run(load_config([*base, f"output_dir={tmp_path / 'a'}"]))
-    remote = run(load_config([*base, f"output_dir={tmp_path / 'b'}", "runner=ray"]))
+    local = run(load_config([*base, f"output_dir={tmp_path / 'a'}", f"cache_dir={tmp_path / 'cache_a'}"]))
+    remote = run(load_config([*base, f"output_dir={tmp_path / 'b'}", f"cache_dir={tmp_path / 'cache_b'}", "runner=ray"]))
     assert remote.computed["embed"] == len(truth)  # its own cache: really computed on the actors
     assert identities(remote) == identities(local)
     assert len(identities(local)) == 7
