@@ -18,6 +18,7 @@ from .metrics import label_free
 from .export import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
 from .locking import output_lock
 from .report import build_report, print_summary
+from .runners import make_runner
 from .review import decisions as review_decisions
 from .review.store import save_embeddings
 
@@ -48,6 +49,7 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
         batch_images=int(cfg.get("batch_images", 16)),
         exclude=[output_dir, cache_dir],  # outputs placed inside the input are not inputs
         progress=progress,
+        runner=make_runner(cfg),
         constraint_sources=[review_decisions.constraint_source(journal)] if journal else [],
     )
 

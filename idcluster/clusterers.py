@@ -17,7 +17,10 @@ states its calibrated `distance_threshold` and the configs interpolate it.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn import cluster as skcluster
 from joblib import Memory
@@ -29,6 +32,8 @@ from sklearn.neighbors import radius_neighbors_graph
 
 from .constraints import Constraints, apply_constraints, cannot_link_map, must_linked_rows
 
+log = logging.getLogger(__name__)
+
 
 def _unit(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
@@ -36,10 +41,13 @@ def _unit(X: np.ndarray) -> np.ndarray:
 
 
 def _centres(Xn: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.unique(labels[labels >= 0])
+    """Cluster ids and unit mean vectors: one sparse (clusters x rows) product, O(n d)."""
+    clustered = np.flatnonzero(labels >= 0)
+    ids, inv, counts = np.unique(labels[clustered], return_inverse=True, return_counts=True)
     if len(ids) == 0:
         return ids, np.zeros((0, Xn.shape[1]))
-    return ids, _unit(np.stack([Xn[labels == i].mean(axis=0) for i in ids]))
+    member = csr_matrix((np.ones(len(clustered)), (inv.ravel(), clustered)), shape=(len(ids), len(Xn)))
+    return ids, _unit(np.asarray(member @ Xn) / counts[:, None])
 
 
 def drop_small(labels: np.ndarray, min_size: int, keep: np.ndarray | None = None) -> np.ndarray:
@@ -53,47 +61,83 @@ def drop_small(labels: np.ndarray, min_size: int, keep: np.ndarray | None = None
     return labels
 
 
+def _group_ids(groups) -> np.ndarray:
+    return np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+
+
 def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups, keep: np.ndarray | None = None) -> np.ndarray:
     """Per cluster, keep one face per group (a `keep` row first, else the one nearest the
-    centre); the rest -> noise."""
+    centre); the rest -> noise.
+
+    One sort, O(n log n) at any number of clusters: rows ordered by (cluster, group,
+    -similarity to the centre); the first of each (cluster, group) run stays
+    (equal similarities: the lower row stays).
+    """
     labels = labels.copy()
-    groups = np.asarray(groups)
+    gid = _group_ids(groups)
     ids, centres = _centres(Xn, labels)
-    for cid, centre in zip(ids, centres):
-        members = np.flatnonzero(labels == cid)
-        sims = Xn[members] @ centre
-        if keep is not None:
-            sims = np.where(keep[members], np.inf, sims)
-        seen: set = set()
-        for m in members[np.argsort(-sims)]:
-            if groups[m] in seen:
-                labels[m] = -1
-            seen.add(groups[m])
+    rows = np.flatnonzero(labels >= 0)
+    if len(rows) == 0:
+        return labels
+    cidx = np.searchsorted(ids, labels[rows])
+    sims = np.einsum("ij,ij->i", Xn[rows], centres[cidx])
+    if keep is not None:
+        sims = np.where(keep[rows], np.inf, sims)
+    order = np.lexsort((rows, -sims, gid[rows], cidx))
+    c, g = cidx[order], gid[rows][order]
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = (c[1:] == c[:-1]) & (g[1:] == g[:-1])
+    labels[rows[order[repeat]]] = -1
     return labels
+
+
+def _taken(labels: np.ndarray, gid: np.ndarray, noise: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in `noise`, cluster index) for every cluster that already holds a face of that noise row's image."""
+    rows = np.flatnonzero(labels >= 0)
+    pairs = np.unique(np.stack([gid[rows], np.searchsorted(ids, labels[rows])], axis=1), axis=0)
+    lo = np.searchsorted(pairs[:, 0], gid[noise], side="left")
+    n = np.searchsorted(pairs[:, 0], gid[noise], side="right") - lo
+    offset = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # 0.. n_i-1 within each noise row
+    return np.repeat(np.arange(len(noise)), n), pairs[np.repeat(lo, n) + offset, 1]
+
+
+# Noise rows x clusters similarities are computed in chunks of about this many cells (float64: 128 MB).
+_CHUNK_CELLS = 16_000_000
 
 
 def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, groups=None,
                    forbidden: dict[int, set[int]] | None = None) -> np.ndarray:
     """Noise joins its nearest cluster centre when similar enough (never a cluster its image
-    is in, nor one holding a row it is cannot-linked with: `forbidden`)."""
+    is in, nor one holding a row it is cannot-linked with: `forbidden`).
+
+    Memory stays bounded at any size: the noise x centres similarities go in chunks.
+    """
     labels = labels.copy()
     ids, centres = _centres(Xn, labels)
     noise = np.flatnonzero(labels < 0)
     if len(ids) == 0 or len(noise) == 0:
         return labels
-    sims = Xn[noise] @ centres.T
     if groups is not None:
-        groups = np.asarray(groups)
-        for row, n in enumerate(noise):
-            taken = set(labels[(groups == groups[n]) & (labels >= 0)].tolist())
-            sims[row, np.isin(ids, list(taken))] = -np.inf
-    if forbidden:
-        for row, n in enumerate(noise):
-            if n in forbidden:
-                taken = {int(labels[m]) for m in forbidden[n] if labels[m] >= 0}
-                sims[row, np.isin(ids, list(taken))] = -np.inf
-    best = sims.argmax(axis=1)
-    ok = sims[np.arange(len(noise)), best] >= min_similarity
+        pos, cidx = _taken(labels, _group_ids(groups), noise, ids)
+    else:
+        pos, cidx = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if forbidden:  # explicit cannot-links: few, a loop over them only
+        where = {int(n): p for p, n in enumerate(noise)}
+        extra = [(where[n], int(np.searchsorted(ids, labels[m]))) for n, ms in forbidden.items() if n in where
+                 for m in ms if labels[m] >= 0]
+        if extra:
+            e = np.asarray(extra, dtype=np.int64)
+            pos, cidx = np.concatenate([pos, e[:, 0]]), np.concatenate([cidx, e[:, 1]])
+    best = np.empty(len(noise), dtype=np.int64)
+    top = np.empty(len(noise))
+    step = max(1, _CHUNK_CELLS // len(ids))
+    for lo in range(0, len(noise), step):
+        sims = Xn[noise[lo:lo + step]] @ centres.T
+        sel = (pos >= lo) & (pos < lo + step)
+        sims[pos[sel] - lo, cidx[sel]] = -np.inf
+        best[lo:lo + step] = sims.argmax(axis=1)
+        top[lo:lo + step] = sims[np.arange(len(sims)), best[lo:lo + step]]
+    ok = top >= min_similarity
     labels[noise[ok]] = ids[best[ok]]
     return labels
 
@@ -148,11 +192,17 @@ class HDBSCAN(_FaceClusterer):
     single-linkage tree with joblib, so re-runs and sweeps over min_cluster_size,
     cluster_selection_epsilon and cluster_selection_method skip the expensive
     part. `algorithm=auto` takes brute force up to BRUTE_MAX_ROWS faces.
+
+    Above `knn_graph_above` faces (None = never) the tree would take tens of
+    minutes (kd-tree at 512-d) or n^2 memory (brute): the kNN-graph clusterer
+    (idcluster.knn_graph, O(n k)) clusters instead at `distance_threshold`, with
+    one info line saying so; the post-processing is the same.
     """
 
     def __init__(self, min_cluster_size=10, min_samples=2, cluster_selection_epsilon=0.0,
                  cluster_selection_method="eom", allow_single_cluster=True, single_cluster_threshold=0.1,
-                 algorithm="auto", memory=None, cannot_link_same_image=True, reassign_noise=None):
+                 algorithm="auto", memory=None, cannot_link_same_image=True, reassign_noise=None,
+                 knn_graph_above=None, distance_threshold=0.1):
         self.min_cluster_size = min_cluster_size
         self.allow_single_cluster = allow_single_cluster
         self.single_cluster_threshold = single_cluster_threshold
@@ -163,8 +213,18 @@ class HDBSCAN(_FaceClusterer):
         self.memory = memory
         self.cannot_link_same_image = cannot_link_same_image
         self.reassign_noise = reassign_noise
+        self.knn_graph_above = knn_graph_above
+        self.distance_threshold = distance_threshold
 
     def _cluster(self, Xn):
+        self.probabilities_ = None
+        if self.knn_graph_above is not None and len(Xn) > self.knn_graph_above:
+            from .knn_graph import KNNGraph
+
+            log.info("%d faces > clusterer.knn_graph_above=%d: clustering a kNN graph (as clusterer=knn_graph, "
+                     "distance_threshold=%g) instead of HDBSCAN's tree", len(Xn), self.knn_graph_above,
+                     self.distance_threshold)
+            return KNNGraph(distance_threshold=self.distance_threshold)._cluster(Xn)
         min_cluster_size = max(2, self.min_cluster_size)
         min_samples = self.min_samples if self.min_samples is not None else min_cluster_size
         if len(Xn) <= max(min_samples, 1):
@@ -221,19 +281,32 @@ class DBSCAN(_FaceClusterer):
 
 
 class Agglomerative(_FaceClusterer):
-    """scikit-learn agglomerative clustering, cosine distance, cut at `distance_threshold`."""
+    """scikit-learn agglomerative clustering, cosine distance, cut at `distance_threshold`.
+
+    It needs the full pairwise distance matrix (n^2 * 8 bytes: 3.2 GB at 20k faces),
+    so above `knn_graph_above` faces (None = never) it clusters a kNN graph at the
+    same threshold instead (clusterer=knn_graph), with one info line.
+    """
 
     def __init__(self, distance_threshold=0.1, linkage="average", min_cluster_size=2,
-                 cannot_link_same_image=True, reassign_noise=None):
+                 cannot_link_same_image=True, reassign_noise=None, knn_graph_above=None):
         self.distance_threshold = distance_threshold
         self.linkage = linkage
         self.min_cluster_size = min_cluster_size
         self.cannot_link_same_image = cannot_link_same_image
         self.reassign_noise = reassign_noise
+        self.knn_graph_above = knn_graph_above
 
     def _cluster(self, Xn):
         if len(Xn) < 2:
             return np.zeros(len(Xn), dtype=np.int64)
+        if self.knn_graph_above is not None and len(Xn) > self.knn_graph_above:
+            from .knn_graph import KNNGraph
+
+            log.info("%d faces > clusterer.knn_graph_above=%d: clustering a kNN graph (as clusterer=knn_graph, "
+                     "distance_threshold=%g) instead of the full distance matrix", len(Xn), self.knn_graph_above,
+                     self.distance_threshold)
+            return KNNGraph(distance_threshold=self.distance_threshold)._cluster(Xn)
         return skcluster.AgglomerativeClustering(
             n_clusters=None, metric="cosine", linkage=self.linkage, distance_threshold=self.distance_threshold,
         ).fit_predict(Xn)

@@ -63,6 +63,7 @@ class Spec:
     batch_images: int = 16  # images per work unit: their faces share one embedder forward pass
     exclude: list[Path] = field(default_factory=list)  # folders inside input_dir to skip
     progress: bool = True
+    runner: Any = None  # None: local process pool; else idcluster.runners.Runner (e.g. Ray)
     # Seeds, review decisions, video tracks/frames: each maps the records (rows
     # assigned) to Constraints over embedding rows; their union reaches the clusterer.
     constraint_sources: list[Callable[[list[ImageRecord]], Constraints]] = field(default_factory=list)
@@ -202,22 +203,25 @@ def _batches(tasks: list[dict], size: int):
 
 
 def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
-    """Run tasks inline or on a process pool in batches of spec.batch_images, calling
-    on_result(task, out) in the parent as each batch finishes (so an interrupted run
+    """Run tasks inline, on a process pool (in batches of spec.batch_images) or on spec.runner,
+    calling on_result(task, out) in the parent as each batch finishes (so an interrupted run
     loses at most the batches in flight)."""
     size = max(1, spec.batch_images)
     with stage_bar(label, len(tasks), spec.progress) as bar:
-        if spec.workers <= 1 or len(tasks) < POOL_MIN_TASKS:
+        if spec.runner is None and (spec.workers <= 1 or len(tasks) < POOL_MIN_TASKS):
             for batch in _batches(tasks, size):
                 for task, out in zip(batch, work_batch(spec, batch)):
                     on_result(task, out)
                     bar.advance()
             return
         # Workers get the per-image parts only; set-level estimators stay here.
-        worker_spec = Spec(**{**spec.__dict__, "progress": False, "reducer": None, "clusterer": None})
+        worker_spec = Spec(**{**spec.__dict__, "progress": False, "reducer": None, "clusterer": None, "runner": None})
         for part in (worker_spec.detector, worker_spec.embedder):
             if getattr(part, "threads", None) == 0:
                 part.threads = 1  # one core per worker: no oversubscribed thread pools
+        if spec.runner is not None:  # e.g. Ray: same per-task function, results cached here as they arrive
+            spec.runner.run(worker_spec, tasks, _work, on_result, bar.advance)
+            return
         blob = pickle.dumps(worker_spec)
         # Small batches while there are few tasks per worker, so both cores get work.
         size = max(1, min(size, len(tasks) // (spec.workers * 4) or 1))
@@ -347,11 +351,15 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
 
 
 def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
-    """Cluster 0 is the largest (ties: first seen), noise stays -1."""
-    ids = [l for l in dict.fromkeys(labels.tolist()) if l >= 0]
-    order = sorted(ids, key=lambda l: -int((labels == l).sum()))
-    mapping = {old: new for new, old in enumerate(order)}
-    return np.array([mapping.get(l, -1) for l in labels.tolist()], dtype=np.int64)
+    """Cluster 0 is the largest (ties: first seen), noise stays -1. O(n log n) at any cluster count."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.full(len(labels), -1, dtype=np.int64)
+    rows = np.flatnonzero(labels >= 0)
+    ids, first, inv, counts = np.unique(labels[rows], return_index=True, return_inverse=True, return_counts=True)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.lexsort((first, -counts))] = np.arange(len(ids))
+    out[rows] = rank[inv.ravel()]
+    return out
 
 
 def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray, constraints: Constraints | None = None) -> np.ndarray:

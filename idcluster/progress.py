@@ -5,9 +5,25 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (rich's own speed column is for bytes)."""
+
+    def __init__(self, unit: str = "img"):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text(f"- {self.unit}/s", style="progress.data.speed")
+        return Text(f"{speed:.1f} {self.unit}/s" if speed < 100 else f"{speed:.0f} {self.unit}/s", style="progress.data.speed")
 
 
 class _NullTask:
@@ -33,7 +49,9 @@ def stage_bar(description: str, total: int, enabled: bool = True):
         TextColumn("[bold]{task.description:<10}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
         transient=False,

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .add import add
 from .cache import cache_app
 from .cluster import cluster, run
 from .common import OVERRIDES_CONTEXT, STATE, groups_epilog
@@ -27,7 +28,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-for command in (detect, embed, cluster, export, sweep, run, demo, review):
+for command in (detect, embed, cluster, add, export, sweep, run, demo, review):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
 app.command("subcluster-pose", context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(subcluster_pose)
 app.add_typer(cache_app, name="cache")
