@@ -113,6 +113,14 @@ def describe(rgb: np.ndarray, mask: np.ndarray | None = None, size: int = 96, ba
     return x / max(float(np.linalg.norm(x)), 1e-12)
 
 
+def grey_share(vector: np.ndarray, h_bins: int = 12, s_bins: int = 2, grey_bins: int = 4) -> float:
+    """Share of the instance's pixels without colour, read back from the whole-instance histogram block."""
+    n = h_bins * s_bins
+    block = vector[:n + grey_bins].astype(np.float64)
+    total = float(block @ block)
+    return float(block[n:] @ block[n:]) / total if total else 1.0
+
+
 class AppearanceEmbedder:
     """The embedder protocol over `describe`: align crops the detected box (the whole
     image with detector=none); the mask is the flat-background mask of the crop
@@ -146,6 +154,9 @@ class AppearanceEmbedder:
 
     def describe(self, rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         return describe(rgb, mask, **self.params)
+
+    def grey_share(self, vector: np.ndarray) -> float:
+        return grey_share(vector, self.h_bins, self.s_bins, self.grey_bins)
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         h, w = image.shape[:2]
