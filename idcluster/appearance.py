@@ -128,6 +128,9 @@ class AppearanceAssigner:
         for rec in records:
             if rec.label >= 0 and rec.evidence is None:
                 rec.evidence, rec.evidence_score = "face", round(float(rec.probability), 4)
+        for i in links.names:  # a named seed is placed by its name, whatever else agreed
+            if records[i].label >= 0:
+                records[i].evidence, records[i].evidence_score = "seed", 1.0
         faceless = [i for i, r in enumerate(records) if r.reason in FACELESS and r.label < 0]
         if not self.enabled and not links.names and not links.tracks:
             return

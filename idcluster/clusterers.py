@@ -27,6 +27,8 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster._hdbscan.hdbscan import tree_to_labels
 from sklearn.neighbors import radius_neighbors_graph
 
+from .constraints import Constraints, apply_constraints, cannot_link_map, must_linked_rows
+
 
 def _unit(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
@@ -40,21 +42,28 @@ def _centres(Xn: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return ids, _unit(np.stack([Xn[labels == i].mean(axis=0) for i in ids]))
 
 
-def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+def drop_small(labels: np.ndarray, min_size: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """Clusters under min_size -> noise, except clusters holding a `keep` row (must-linked)."""
     labels = labels.copy()
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
-    labels[np.isin(labels, ids[counts < min_size])] = -1
+    small = ids[counts < min_size]
+    if keep is not None and keep.any():
+        small = np.setdiff1d(small, labels[keep & (labels >= 0)])
+    labels[np.isin(labels, small)] = -1
     return labels
 
 
-def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups) -> np.ndarray:
-    """Per cluster, keep one face per group (the one nearest the centre); the rest -> noise."""
+def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups, keep: np.ndarray | None = None) -> np.ndarray:
+    """Per cluster, keep one face per group (a `keep` row first, else the one nearest the
+    centre); the rest -> noise."""
     labels = labels.copy()
     groups = np.asarray(groups)
     ids, centres = _centres(Xn, labels)
     for cid, centre in zip(ids, centres):
         members = np.flatnonzero(labels == cid)
         sims = Xn[members] @ centre
+        if keep is not None:
+            sims = np.where(keep[members], np.inf, sims)
         seen: set = set()
         for m in members[np.argsort(-sims)]:
             if groups[m] in seen:
@@ -63,8 +72,10 @@ def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups) -> np.ndarra
     return labels
 
 
-def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, groups=None) -> np.ndarray:
-    """Noise joins its nearest cluster centre when similar enough (never a cluster its image is in)."""
+def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, groups=None,
+                   forbidden: dict[int, set[int]] | None = None) -> np.ndarray:
+    """Noise joins its nearest cluster centre when similar enough (never a cluster its image
+    is in, nor one holding a row it is cannot-linked with: `forbidden`)."""
     labels = labels.copy()
     ids, centres = _centres(Xn, labels)
     noise = np.flatnonzero(labels < 0)
@@ -76,6 +87,11 @@ def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, gr
         for row, n in enumerate(noise):
             taken = set(labels[(groups == groups[n]) & (labels >= 0)].tolist())
             sims[row, np.isin(ids, list(taken))] = -np.inf
+    if forbidden:
+        for row, n in enumerate(noise):
+            if n in forbidden:
+                taken = {int(labels[m]) for m in forbidden[n] if labels[m] >= 0}
+                sims[row, np.isin(ids, list(taken))] = -np.inf
     best = sims.argmax(axis=1)
     ok = sims[np.arange(len(noise)), best] >= min_similarity
     labels[noise[ok]] = ids[best[ok]]
@@ -83,23 +99,31 @@ def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, gr
 
 
 class _FaceClusterer(ClusterMixin, BaseEstimator):
-    """Shared post-processing; subclasses implement `_cluster(Xn) -> labels`."""
+    """Shared post-processing; subclasses implement `_cluster(Xn) -> labels`.
 
-    def fit(self, X, y=None, groups=None):
+    `constraints` (idcluster.constraints.Constraints over the rows of X: seeds,
+    review decisions, video tracks/frames) are applied here for every clusterer;
+    must-linked rows are never dropped as too small nor lose a same-image contest.
+    """
+
+    def fit(self, X, y=None, groups=None, constraints: Constraints | None = None):
         Xn = _unit(X)
         labels = np.asarray(self._cluster(Xn), dtype=np.int64)
         labels = drop_small(labels, self.min_cluster_size)
+        keep = must_linked_rows(constraints, len(Xn)) if constraints else None
+        labels = apply_constraints(Xn, labels, constraints)
         if self.cannot_link_same_image and groups is not None:
-            labels = enforce_cannot_link(Xn, labels, groups)
+            labels = enforce_cannot_link(Xn, labels, groups, keep=keep)
         if self.reassign_noise is not None:
-            labels = reassign_noise(Xn, labels, float(self.reassign_noise), groups if self.cannot_link_same_image else None)
-        self.labels_ = drop_small(labels, self.min_cluster_size)
+            labels = reassign_noise(Xn, labels, float(self.reassign_noise), groups if self.cannot_link_same_image else None,
+                                    forbidden=cannot_link_map(constraints))
+        self.labels_ = drop_small(labels, self.min_cluster_size, keep=keep)
         if getattr(self, "probabilities_", None) is not None:  # HDBSCAN's, after post-processing
             self.probabilities_ = np.where(self.labels_ >= 0, self.probabilities_, 0.0)
         return self
 
-    def fit_predict(self, X, y=None, groups=None):
-        return self.fit(X, groups=groups).labels_
+    def fit_predict(self, X, y=None, groups=None, constraints: Constraints | None = None):
+        return self.fit(X, groups=groups, constraints=constraints).labels_
 
 
 # Brute force (a full distance matrix, BLAS) builds HDBSCAN's tree ~15x faster than

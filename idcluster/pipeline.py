@@ -22,13 +22,14 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from sklearn.preprocessing import FunctionTransformer
 
 from . import records as R
 from .cache import StageCache, cache_key
+from .constraints import Constraints
 from .errors import CacheMiss, InputError, PipelineError
 from .faces import blur_score, select_face
 from .images import ImageDecodeError, load_image
@@ -61,7 +62,9 @@ class Spec:
     workers: int = 1
     exclude: list[Path] = field(default_factory=list)  # folders inside input_dir to skip
     progress: bool = True
-    constraint_sources: list = field(default_factory=list)  # callables records -> constraints.Constraints
+    # Seeds, review decisions, video tracks/frames: each maps the records (rows
+    # assigned) to Constraints over embedding rows; their union reaches the clusterer.
+    constraint_sources: list[Callable[[list[ImageRecord]], Constraints]] = field(default_factory=list)
     appearance: Any = None  # appearance.AppearanceAssigner: faceless images join identities after clustering
 
 
@@ -73,6 +76,7 @@ class Result:
     keys: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     computed: Counter = field(default_factory=Counter)  # what was computed (not read from cache)
+    constraints: Constraints = field(default_factory=Constraints)  # what the clusterer was given
 
 
 # ---------------------------------------------------------------- per-image work
@@ -305,22 +309,31 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return np.array([mapping.get(l, -1) for l in labels.tolist()], dtype=np.int64)
 
 
-def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """fit_predict, passing the image of each row where the clusterer takes `groups` (cannot-link)."""
-    if "groups" in inspect.signature(clusterer.fit_predict).parameters:
-        return clusterer.fit_predict(Z, groups=groups)
-    return clusterer.fit_predict(Z)
+def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray, constraints: Constraints | None = None) -> np.ndarray:
+    """fit_predict, passing the image of each row (cannot-link) and the constraints where
+    the clusterer takes them; a plain scikit-learn estimator cannot honour constraints."""
+    accepts = inspect.signature(clusterer.fit_predict).parameters
+    kwargs = {"groups": groups} if "groups" in accepts else {}
+    if constraints:
+        if "constraints" not in accepts:
+            raise InputError(f"{type(clusterer).__name__} cannot honour must-link/cannot-link constraints "
+                             "(seeds, review decisions, tracks): use one of idcluster's clusterers")
+        kwargs["constraints"] = constraints
+    return clusterer.fit_predict(Z, **kwargs)
 
 
 def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Result, cached_only: bool = False,
-                       groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       groups: np.ndarray | None = None, constraints: Constraints | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Labels (largest cluster = 0, noise = -1) and membership probabilities for rows of X.
 
     `groups[i]` is the image row i came from: faces of one image never share a cluster.
+    `constraints` (must-/cannot-link over rows) enter the cluster key when present.
     """
     groups = np.arange(len(X)) if groups is None else groups
     rkey = cache_key("reduce", result.keys["embeddings"], spec.params.get("reducer", {}))
     ckey = cache_key("cluster", rkey, spec.params.get("clusterer", {}))
+    if constraints:
+        ckey = cache_key(ckey, "constraints", constraints.key())
     result.keys.update(reduce=rkey, cluster=ckey)
 
     hit = cache.get_arrays(CLUSTER, ckey)
@@ -349,7 +362,7 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
         labels, probs = np.full(len(Z), -1, np.int64), np.zeros(len(Z))
     else:
         try:
-            raw = np.asarray(_fit_predict(spec.clusterer, Z, groups))
+            raw = np.asarray(_fit_predict(spec.clusterer, Z, groups, constraints))
         except ValueError as e:
             raise InputError(f"clusterer failed on {len(Z)} faces: {e}") from None
         labels = _relabel_by_size(raw)
@@ -403,11 +416,15 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
         rec.evidence = rec.evidence_score = None
         if rec.reason == R.CLUSTER_NOISE:
             rec.reason = rec.detail = None
+    constraints = Constraints()
+    for source in spec.constraint_sources:
+        constraints = constraints | source(records)
+    result.constraints = constraints
     cache = StageCache(spec.cache_dir)
     if len(result.embeddings):
         # groups: the image each row came from, so faces of one image never share a cluster.
-        labels, probs = reduce_and_cluster(spec, result.embeddings, cache, result,
-                                           cached_only=cached_only, groups=result.groups)
+        labels, probs = reduce_and_cluster(spec, result.embeddings, cache, result, cached_only=cached_only,
+                                           groups=result.groups, constraints=constraints)
     else:
         labels = probs = np.zeros(0)
     for rec in records:
