@@ -151,18 +151,38 @@ class AppearanceAssigner:
             if i in links.frames:
                 frames_of[links.frames[i]].add(int(label))
 
-        # 1. seeds: a name's identity is where its labelled (face) seeds are, else a new one.
+        V: dict[int, np.ndarray] = {}
+        min_sim = self.min_similarity
+        if self.enabled:
+            refs = [i for i, r in enumerate(records) if r.label >= 0]
+            V = self.vectors(records, sorted(set(faceless) | set(refs)), cache, progress, cached_only, computed)
+            min_sim = self.calibrated_similarity(records, V, [i for i in refs if i in V])
+        tight = min(self.cluster_threshold, 1.0 - min_sim) if min_sim > self.min_similarity else self.cluster_threshold
+        self.thresholds_ = {"min_similarity": min_sim, "cluster_threshold": tight}
+
+        def refs_now() -> list[int]:
+            return [i for i, r in enumerate(records) if r.label >= 0 and i in V]
+
+        # 1. seeds: a name's identity is where its labelled (face) seeds are; else where the name's
+        #    faceless seeds vote (an identity no other name holds); else a new one.
         by_name: dict[str, int] = {}
         for i, name in links.names.items():
             if records[i].label >= 0:
                 by_name.setdefault(name, records[i].label)
+        unplaced = defaultdict(list)
         for i in faceless:
-            name = links.names.get(i)
-            if name is None:
-                continue
-            if name not in by_name:
+            if i in links.names and links.names[i] not in by_name:
+                unplaced[links.names[i]].append(i)
+        for name, unit in sorted(unplaced.items()):
+            refs = refs_now()
+            found = self._best(V, unit, refs, records, min_sim) if refs and all(i in V for i in unit) else None
+            if found is not None and found[0] not in by_name.values():
+                by_name[name] = found[0]
+            else:
                 by_name[name], next_label = next_label, next_label + 1
-            give(i, by_name[name], "seed", 1.0)
+        for i in faceless:
+            if i in links.names:
+                give(i, by_name[links.names[i]], "seed", 1.0)
         # 2. tracks: a faceless image joins the identity most of its track's labelled images hold.
         track_members = defaultdict(list)
         for i, t in links.tracks.items():
@@ -179,21 +199,16 @@ class AppearanceAssigner:
         if not self.enabled:
             return self._finish(records)
 
-        left = [i for i in faceless if records[i].label < 0]
-        refs = [i for i, r in enumerate(records) if r.label >= 0]
-        V = self.vectors(records, sorted(set(left) | set(refs)), cache, progress, cached_only, computed)
-        left = [i for i in left if i in V]
-        refs = [i for i in refs if i in V]
+        # 3. kNN vote over the labelled images; 4. clusters among the faceless left.
+        left = [i for i in faceless if records[i].label < 0 and i in V]
         units = self._units(left, links)  # a track of faceless images is one unit (mean vector)
-        min_sim = self.calibrated_similarity(records, V, refs)
-        tight = min(self.cluster_threshold, 1.0 - min_sim) if min_sim > self.min_similarity else self.cluster_threshold
-        self.thresholds_ = {"min_similarity": min_sim, "cluster_threshold": tight}
+        refs = refs_now()
         if units and refs:
             self._vote(records, V, units, refs, allowed, give, min_sim)
         units = [u for u in units if records[u[0]].label < 0]
         if self.cluster_faceless and len(units) >= 1:
             next_label = max((r.label for r in records), default=-1) + 1
-            self._cluster(records, V, units, links, next_label, give, self.thresholds_["cluster_threshold"])
+            self._cluster(records, V, units, links, next_label, give, tight)
         return self._finish(records)
 
     def calibrated_similarity(self, records, V, refs) -> float:
@@ -230,37 +245,43 @@ class AppearanceAssigner:
         v = np.mean([V[i] for i in unit], axis=0)
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
-    def _vote(self, records, V, units, refs, allowed, give, min_sim: float) -> None:
-        Q = np.stack([self._unit_vector(V, u) for u in units])
+    def _best(self, V, unit, refs, records, min_sim, probs=None, classes=None):
+        """(identity, share, score) the unit's appearance neighbours vote for, or None."""
+        q = self._unit_vector(V, unit)
         X = np.stack([V[i] for i in refs])
         y = np.array([records[i].label for i in refs])
-        S = Q @ X.T
+        sims = X @ q
+        bar = max(min_sim, 1.0 - self.grey_threshold) if self._grey(q[None])[0] else min_sim
+        nn = np.argsort(-sims)[:min(self.k, len(refs))]
+        ok = nn[sims[nn] >= bar]
+        if not len(ok):
+            return None
+        if probs is not None:  # method=propagate: LabelSpreading's choice, among the close neighbours only
+            best = int(classes[int(np.argmax(probs))])
+            share = float(np.max(probs))
+            if best not in set(y[ok].tolist()):
+                return None
+            score = float(sims[ok][y[ok] == best].mean())
+        else:
+            votes: dict[int, float] = defaultdict(float)
+            for j in ok:
+                votes[int(y[j])] += float(sims[j])
+            best = max(votes, key=votes.get)
+            share = votes[best] / sum(votes.values())
+            score = votes[best] / int((y[ok] == best).sum())
+        return (best, share, score) if share >= self.min_share else None
+
+    def _vote(self, records, V, units, refs, allowed, give, min_sim: float) -> None:
+        probs = classes = None
         if self.method == "propagate":
-            probs, classes = self._propagate(X, y, Q)
-        k = min(self.k, len(refs))
-        grey = self._grey(Q)
+            X = np.stack([V[i] for i in refs])
+            y = np.array([records[i].label for i in refs])
+            probs, classes = self._propagate(X, y, np.stack([self._unit_vector(V, u) for u in units]))
         for row, unit in enumerate(units):
-            nn = np.argsort(-S[row])[:k]
-            bar = max(min_sim, 1.0 - self.grey_threshold) if grey[row] else min_sim
-            ok = nn[S[row, nn] >= bar]
-            if not len(ok):
-                continue
-            if self.method == "propagate":
-                order = np.argsort(-probs[row])
-                best, share = int(classes[order[0]]), float(probs[row, order[0]])
-                if best not in set(y[ok].tolist()):
-                    continue  # propagation may only pick an identity among the close neighbours
-                score = float(S[row, ok][y[ok] == best].mean())
-            else:
-                votes: dict[int, float] = defaultdict(float)
-                for j in ok:
-                    votes[int(y[j])] += float(S[row, j])
-                best = max(votes, key=votes.get)
-                share = votes[best] / sum(votes.values())
-                score = votes[best] / sum(1 for j in ok if y[j] == best)
-            if share >= self.min_share and all(allowed(i, best) for i in unit):
+            found = self._best(V, unit, refs, records, min_sim, None if probs is None else probs[row], classes)
+            if found is not None and all(allowed(i, found[0]) for i in unit):
                 for i in unit:
-                    give(i, best, "appearance", score)
+                    give(i, found[0], "appearance", found[2])
 
     def _propagate(self, X, y, Q):
         """LabelSpreading (kNN kernel) over labelled refs + the faceless queries."""

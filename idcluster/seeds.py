@@ -82,6 +82,8 @@ class Seeds:
             row = rows.get((r.sha256, r.face_index)) if name is not None else None
             if row is not None:
                 by_name.setdefault(name, []).append(row)
-        must = tuple(tuple(sorted(v)) for v in by_name.values() if len(v) > 1)
+        # Every name is a must-link group, one seed alone included: seeds are exempt from
+        # min_cluster_size and stay when a cannot-link splits a cluster.
+        must = tuple(tuple(sorted(v)) for v in by_name.values())
         cannot = tuple((a, b) for x, y in combinations(sorted(by_name), 2) for a in by_name[x] for b in by_name[y])
         return Constraints(must_link=must, cannot_link=cannot)
