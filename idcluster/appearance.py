@@ -206,9 +206,10 @@ class AppearanceAssigner:
         if units and refs:
             self._vote(records, V, units, refs, allowed, give, min_sim)
         units = [u for u in units if records[u[0]].label < 0]
-        if self.cluster_faceless and len(units) >= 1:
+        if self.cluster_faceless and units:
             next_label = max((r.label for r in records), default=-1) + 1
-            self._cluster(records, V, units, links, next_label, give, tight)
+            anchors = [(i, records[i].label) for i in links.names if records[i].label >= 0 and i in V]
+            self._cluster(records, V, units, links, next_label, give, tight, anchors, allowed)
         return self._finish(records)
 
     def calibrated_similarity(self, records, V, refs) -> float:
@@ -295,9 +296,16 @@ class AppearanceAssigner:
         probs = model.label_distributions_[len(X):]
         return np.nan_to_num(probs), classes
 
-    def _cluster(self, records, V, units, links: ImageLinks, next_label: int, give, threshold: float) -> None:
+    def _cluster(self, records, V, units, links: ImageLinks, next_label: int, give, threshold: float,
+                 anchors: list[tuple[int, int]] = (), allowed=None) -> None:
+        """Average-linkage clusters of the faceless units. Seeded images take part as anchors
+        (cannot-linked across names): a cluster holding anchors joins their identity (each
+        member that of its most similar anchor), one without becomes an identity of its own."""
         from sklearn.cluster import AgglomerativeClustering
 
+        n_units = len(units)
+        units = list(units) + [[i] for i, _ in anchors]
+        anchor_label = np.array([-1] * n_units + [label for _, label in anchors])
         Q = np.stack([self._unit_vector(V, u) for u in units])
         sizes = np.array([len(u) for u in units])
         if len(units) == 1:
@@ -317,10 +325,21 @@ class AppearanceAssigner:
                     for b in range(a + 1, len(units)):
                         if frames[a] & frames[b]:
                             D[a, b] = D[b, a] = 2.0
+            named = anchor_label >= 0
+            D[named[:, None] & named[None, :] & (anchor_label[:, None] != anchor_label[None, :])] = 2.0
             raw = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
                                           distance_threshold=threshold).fit_predict(D)
         for c in np.unique(raw):
             members = np.flatnonzero(raw == c)
+            held = members[anchor_label[members] >= 0]
+            if len(held):
+                for m in members[anchor_label[members] < 0]:
+                    sims = Q[held] @ Q[m]
+                    label = int(anchor_label[held[int(np.argmax(sims))]])
+                    if allowed is None or all(allowed(i, label) for i in units[m]):
+                        for i in units[m]:
+                            give(i, label, "appearance", float(sims.max()))
+                continue
             centre = Q[members].mean(axis=0)
             centre /= max(float(np.linalg.norm(centre)), 1e-12)
             sims = Q[members] @ centre
