@@ -4,6 +4,13 @@ Key = SHA-256 of the sorted JSON of a stage's inputs and params. Entries live in
 two-character fan-out folders `<root>/<stage>/<ab>/<rest>.<ext>`, are written to
 a temp file and renamed into place (atomic on POSIX and Windows), and a
 corrupt entry is a warning and a miss, never a crash.
+
+One cache serves every run of the user (default: the user's cache folder), so a
+new output folder, another input folder holding the same image bytes, or a
+second process at the same time all share entries; concurrent writers of one
+key both write the same bytes and the last rename wins. A hit refreshes the
+entry's mtime (at most daily) so `idcluster cache prune` can drop the least
+recently used entries first.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,21 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# https://bford.info/cachedir/: backup tools skip the folder; `cache prune` refuses folders without it.
+CACHEDIR_TAG = "CACHEDIR.TAG"
+TAG_TEXT = "Signature: 8a477f597d28d172789f06886806bc55\n# This file marks an idcluster stage cache (idcluster cache info|prune).\n"
+# A hit refreshes an entry's mtime when it is older than this: LRU order for prune at
+# one small metadata write per entry per day, not one per read.
+TOUCH_AFTER_S = 24 * 3600
+
+
+def default_cache_dir() -> Path:
+    """$IDCLUSTER_CACHE, else $XDG_CACHE_HOME/idcluster, else ~/.cache/idcluster."""
+    if os.environ.get("IDCLUSTER_CACHE"):
+        return Path(os.environ["IDCLUSTER_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "idcluster"
 
 
 def cache_key(*parts: Any) -> str:
@@ -36,7 +59,19 @@ class StageCache:
     def path(self, stage: str, key: str, ext: str) -> Path:
         return self.root / stage / key[:2] / f"{key[2:]}.{ext}"
 
+    def _tag(self) -> None:
+        tag = self.root / CACHEDIR_TAG
+        if not tag.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tag, "x", encoding="ascii") as f:
+                    f.write(TAG_TEXT)
+            except FileExistsError:  # another process wrote it first
+                pass
+
     def _write(self, path: Path, data: bytes) -> None:
+        if not path.parent.is_dir():
+            self._tag()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
@@ -49,9 +84,15 @@ class StageCache:
 
     def _read(self, path: Path) -> bytes | None:
         try:
-            return path.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
+        try:
+            if time.time() - path.stat().st_mtime > TOUCH_AFTER_S:
+                os.utime(path)
+        except OSError:  # read-only cache, or pruned meanwhile: the data is still good
+            pass
+        return data
 
     def _corrupt(self, path: Path, err: Exception) -> None:
         log.warning("corrupt cache entry %s (%s): recomputing", path, type(err).__name__)

@@ -17,9 +17,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .cache import default_cache_dir
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# conf/config.yaml's cache_dir: ${idcluster_cache:} = $IDCLUSTER_CACHE, $XDG_CACHE_HOME/idcluster or ~/.cache/idcluster.
+OmegaConf.register_new_resolver("idcluster_cache", lambda: str(default_cache_dir()), replace=True)
 
 GROUPS = ("detector", "embedder", "reducer", "clusterer")
 # Options that change where/how fast a model runs, not its results: left out of cache keys.

@@ -36,6 +36,7 @@ from .images import ImageDecodeError, load_image
 from .progress import stage_bar
 from .records import Face, ImageRecord
 from .scan import scan_folder
+from .stat_index import StatIndex
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,8 @@ def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
 
 
 def scan(spec: Spec) -> list[ImageRecord]:
-    return scan_folder(spec.input_dir, exclude=spec.exclude)
+    with StatIndex(spec.cache_dir) as index:
+        return scan_folder(spec.input_dir, exclude=spec.exclude, index=index)
 
 
 def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, result: Result,

@@ -91,7 +91,8 @@ def build_report(result: Result, config: dict, models: dict, input_dir, output_d
 
 def print_summary(report: dict, console: Console, max_rows: int = 15) -> None:
     stats = report["statistics"]
-    table = Table(title=f"idcluster: {stats['identities']} identities from {stats['images']} images", title_justify="left")
+    n = stats['identities']
+    table = Table(title=f"idcluster: {n} {'identity' if n == 1 else 'identities'} from {stats['images']} image{'' if stats['images'] == 1 else 's'}", title_justify="left")
     table.add_column("folder")
     table.add_column("images", justify="right")
     table.add_column("example", overflow="fold")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .records import UNREADABLE, ImageRecord
+from .stat_index import StatIndex
 
 _CHUNK = 1 << 20
 log = logging.getLogger(__name__)
@@ -22,12 +23,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def scan_folder(input_dir: str | Path, exclude: list[str | Path] = ()) -> list[ImageRecord]:
+def scan_folder(input_dir: str | Path, exclude: list[str | Path] = (), index: StatIndex | None = None) -> list[ImageRecord]:
     """One record per regular, non-hidden file under input_dir, sorted by relative path.
 
     Non-image files are kept (they become `unreadable` rows at decode time);
     `exclude` holds folders to skip, e.g. an output or cache dir placed inside
-    the input.
+    the input. With a stat `index` (an open StatIndex), unchanged files are not re-hashed.
     """
     root = Path(input_dir).expanduser()
     if not root.exists():
@@ -55,8 +56,13 @@ def scan_folder(input_dir: str | Path, exclude: list[str | Path] = ()) -> list[I
             rel = path.relative_to(root).as_posix()
             rec = ImageRecord(path=str(path), rel_path=rel, size=0)
             try:
-                rec.size = path.stat().st_size
-                rec.sha256 = sha256_file(path)
+                st = path.stat()  # before hashing: a file changed meanwhile no longer matches its row
+                rec.size = st.st_size
+                rec.sha256 = index.lookup(str(path), st) if index is not None else None
+                if rec.sha256 is None:
+                    rec.sha256 = sha256_file(path)
+                    if index is not None:
+                        index.record(str(path), st, rec.sha256)
             except OSError as e:
                 rec.reason, rec.detail = UNREADABLE, f"{type(e).__name__}: {e.strerror or e}"
             records.append(rec)

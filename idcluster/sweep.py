@@ -154,18 +154,25 @@ COLUMNS = ("bcubed_f1", "identities", "noise_share", "seconds")  # all metrics a
 
 
 def print_table(console: Console, rows: list[dict], metric: str, swept: list[str], limit: int = 20) -> None:
-    """One column per swept key (its last name part, values only) so the table stays narrow."""
-    table = Table(title=f"sweep points by {metric} (swept: {', '.join(swept)})", title_justify="left")
-    table.add_column("#", justify="right")
-    for key in swept:
-        table.add_column(key.lstrip("+~").rsplit(".", 1)[-1])
+    """One column per swept key (its last name part, values only) so the table stays narrow.
+
+    Values are never cut: each column is at least as wide as its longest value and
+    headers fold instead (`chinese_whispers` stays readable on an 80-column terminal).
+    """
+    shown = rows[:limit]
+    values = [dict(o.split("=", 1) for o in r["overrides"]) for r in shown]
     cols = [metric] + [c for c in COLUMNS if c != metric and any(c in r for r in rows)]
-    for c in cols:
-        table.add_column(c, justify="right")
-    for r in rows[:limit]:
-        values = dict(o.split("=", 1) for o in r["overrides"])
-        cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols]
-        table.add_row(str(r["point"]), *[values.get(k, "") for k in swept], *cells)
+    cells = [[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols] for r in shown]
+    table = Table(title=f"sweep points by {metric} (swept: {', '.join(swept)})", title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
+    for key in swept:
+        width = max((len(v.get(key, "")) for v in values), default=1)
+        table.add_column(key.lstrip("+~").rsplit(".", 1)[-1], min_width=width, overflow="fold")
+    for j, c in enumerate(cols):
+        width = max((len(row[j]) for row in cells), default=1)
+        table.add_column(c, justify="right", min_width=width, overflow="fold")
+    for r, v, row in zip(shown, values, cells):
+        table.add_row(str(r["point"]), *[v.get(k, "") for k in swept], *row)
     console.print(table)
 
 

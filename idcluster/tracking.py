@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +17,25 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 OFF_VALUES = (False, None, 0, "off", "false", "no", "0")
+# MLflow 3's UI opens an experiment by its kind: "custom_model_development" is its "model training"
+# kind (a runs table); without the tag a fresh `mlflow ui` shows the GenAI overview page.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+_prefetch: threading.Thread | None = None
+
+
+def prefetch() -> None:
+    """Import MLflow on a background thread while the pipeline runs (its import costs
+    seconds; the Tracker built after the run then finds it loaded)."""
+    global _prefetch
+    if _prefetch is None:
+        def load():
+            try:
+                import mlflow  # noqa: F401
+            except Exception:  # noqa: BLE001 - the Tracker reports any failure when it is built
+                pass
+
+        _prefetch = threading.Thread(target=load, name="idcluster-mlflow-import", daemon=True)
+        _prefetch.start()
 
 
 def enabled(value) -> bool:
@@ -50,13 +70,17 @@ class Tracker:
         self.experiment = experiment
         self.ok = True
         try:
+            if _prefetch is not None:
+                _prefetch.join()
             import mlflow
 
             for name in ("mlflow", "alembic"):  # their INFO lines would drown the run's own output
                 logging.getLogger(name).setLevel(logging.WARNING)
             self.mlflow = mlflow
             mlflow.set_tracking_uri(self.uri)
-            mlflow.set_experiment(experiment)
+            exp = mlflow.set_experiment(experiment)
+            if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+                mlflow.MlflowClient(self.uri).set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except Exception as e:  # noqa: BLE001 - tracking must never cost the clustering output
             self._fail(e)
 

@@ -68,15 +68,16 @@ def detectors() -> dict:
         "none": WholeImageDetector(),
         "anime": AnimeFaceDetector(),
     }
-    try:
-        from idcluster.detectors.mtcnn import MTCNNDetector, require_torch
+    from idcluster.detectors.mtcnn import MTCNNDetector, require_torch
 
+    dets["mtcnn"] = MTCNNDetector(threads=1)  # backend=onnx; both backends in detail: scripts/bench_mtcnn.py
+    dets["auto"] = ChainDetector([RetinaFaceDetector(threads=1), MTCNNDetector(threads=1), CascadeDetector()],
+                                 names=["retinaface", "mtcnn", "opencv"])
+    try:
         require_torch("bench")
-        dets["mtcnn"] = MTCNNDetector(threads=1)
-        dets["auto"] = ChainDetector([RetinaFaceDetector(threads=1), MTCNNDetector(threads=1), CascadeDetector()],
-                                     names=["retinaface", "mtcnn", "opencv"])
+        dets["mtcnn_torch"] = MTCNNDetector(backend="torch", threads=1)
     except Exception as e:  # noqa: BLE001 - report what is missing instead
-        print(f"mtcnn/auto skipped: {e}", file=sys.stderr)
+        print(f"mtcnn backend=torch skipped: {e}", file=sys.stderr)
     return dets
 
 

@@ -16,8 +16,10 @@ EVAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "eval"
 
 @pytest.fixture(autouse=True)
 def _work_in_tmp(tmp_path, monkeypatch):
-    """Relative defaults (MLflow's ./mlflow.db, idcluster_output/) land in the test's own folder."""
+    """Relative defaults (MLflow's ./mlflow.db, idcluster_output/) land in the test's own folder,
+    and the user's stage cache (default ~/.cache/idcluster) is the test's own `cache/`."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IDCLUSTER_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="session")

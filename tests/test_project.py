@@ -94,6 +94,14 @@ def test_errors_name_file_and_line(tmp_path, text, message):
         load_project(write(tmp_path, text))
 
 
+def test_cli_error_line_keeps_the_section_name(tmp_path):
+    (tmp_path / "idcluster.toml").write_text("[sweeps.eps]\ngrid = ['a=1']\n\nparams = 3\n")
+    result = runner.invoke(app, ["sweep", "eps"])
+    assert result.exit_code == 2
+    assert result.output == ("error: idcluster.toml:4: unknown key 'params' in [sweeps.eps] "
+                             "(known: description, grid, metric, overrides)\n")
+
+
 def test_explicit_project_file_must_exist(tmp_path):
     result = runner.invoke(app, ["--project", str(tmp_path / "nope.toml"), "cluster", "input_dir=x"])
     assert result.exit_code == 2

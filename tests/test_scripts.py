@@ -63,6 +63,18 @@ def test_eval_quality(tiny_eval_root, tmp_path):
     assert row["images"] == 6 and in_unit(row["bcubed_f1"]) and in_unit(row["pairwise_f1"])
 
 
+def test_bench_mtcnn(tiny_eval_root, tmp_path):
+    out = tmp_path / "mtcnn"
+    run_script("bench_mtcnn.py", "--eval-root", tiny_eval_root, "--set", SET, "--repeat", 1, "--out", out)
+    data = read_outputs(out)
+    row = data["sets"][SET]
+    assert row["images"] == 6 and row["backends"]["onnx"]["found"] == 6  # real faces, one per crop
+    assert data["model_ids"]["onnx"].startswith("mtcnn-onnx:") and data["group_photo"]["onnx"]["faces"] == 6
+    assert "torch" in data["model_ids"] or "idcluster[torch]" in data["notes"]["torch"]
+    if "torch" in data["model_ids"]:
+        assert in_unit(row["agreement"]["box_iou_mean"])
+
+
 def test_bench_pipeline_cold_then_warm(tiny_eval_root, tmp_path):
     out = tmp_path / "pipeline"
     stdout = run_script("bench_pipeline.py", "--input", tiny_eval_root / SET, "--cold", 1, "--warm", 1,

@@ -45,6 +45,8 @@ def test_cluster_run_is_logged_with_params_metrics_and_artifacts(small_set, tmp_
     assert f"in {uri}" in result.output
     c = client(uri)
     [exp] = [e for e in c.search_experiments() if e.name == "idcluster"]
+    # MLflow 3's UI opens a "model training" experiment on its runs table, not the GenAI overview.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     [run] = c.search_runs([exp.experiment_id])
     assert run.data.params["clusterer.min_cluster_size"] == "3"
     assert run.data.params["embedder._target_"].endswith("DlibEmbedder")
@@ -111,6 +113,8 @@ def test_sweep_logs_parent_and_children_and_writes_the_table(small_set, tmp_path
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    names = {r.info.run_name for r in children}  # each child is named by its swept values
+    assert len(names) == 4 and all("clusterer=" in n and "distance_threshold=" in n for n in names)
     assert {a.path for a in c.list_artifacts(parents[0].info.run_id)} == {"sweep.json", "sweep.csv", "sweep.png"}
     f1 = sorted(r.data.metrics["bcubed_f1"] for r in children)
     assert f1[0] < 0.9 and f1[-1] == 1.0  # a threshold of 0.002 splits most people apart
@@ -161,3 +165,16 @@ def test_point_composer_equals_a_full_compose():
         assert OmegaConf.to_container(compose(point)) == OmegaConf.to_container(expected)
     with pytest.raises(ConfigError, match="bad override"):
         compose(["clusterer.no_such_key=1"])
+
+
+def test_sweep_table_never_cuts_values_on_a_narrow_terminal():
+    from rich.console import Console
+
+    from idcluster.sweep import print_table
+
+    rows = [{"point": i, "overrides": [f"clusterer={c}", "embedder.distance_threshold=0.0725"], "bcubed_f1": 0.9,
+             "noise_share": 0.1, "identities": 7} for i, c in enumerate(["chinese_whispers", "agglomerative"])]
+    console = Console(width=60, record=True, color_system=None)
+    print_table(console, rows, "bcubed_f1", ["clusterer", "embedder.distance_threshold"])
+    text = console.export_text()
+    assert "chinese_whispers" in text and "agglomerative" in text and "0.0725" in text and "…" not in text

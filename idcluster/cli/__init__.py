@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .cache import cache_app
 from .cluster import cluster, run
 from .common import OVERRIDES_CONTEXT, STATE, groups_epilog
 from .demo import demo
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 for command in (detect, embed, cluster, export, sweep, run, demo):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
+app.add_typer(cache_app, name="cache")
 
 
 @app.callback()

