@@ -153,7 +153,7 @@ class AppearanceAssigner:
 
         V: dict[int, np.ndarray] = {}
         min_sim = self.min_similarity
-        if self.enabled:
+        if self.enabled and faceless:  # nothing to place: no vectors needed
             refs = [i for i, r in enumerate(records) if r.label >= 0]
             V = self.vectors(records, sorted(set(faceless) | set(refs)), cache, progress, cached_only, computed)
             min_sim = self.calibrated_similarity(records, V, [i for i in refs if i in V])
@@ -175,7 +175,10 @@ class AppearanceAssigner:
                 unplaced[links.names[i]].append(i)
         for name, unit in sorted(unplaced.items()):
             refs = refs_now()
-            found = self._best(V, unit, refs, records, min_sim) if refs and all(i in V for i in unit) else None
+            found = None
+            if refs and all(i in V for i in unit):
+                found = self._best(self._unit_vector(V, unit), np.stack([V[i] for i in refs]),
+                                   np.array([records[i].label for i in refs]), min_sim)
             if found is not None and found[0] not in by_name.values():
                 by_name[name] = found[0]
             else:
@@ -246,14 +249,13 @@ class AppearanceAssigner:
         v = np.mean([V[i] for i in unit], axis=0)
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
-    def _best(self, V, unit, refs, records, min_sim, probs=None, classes=None):
-        """(identity, share, score) the unit's appearance neighbours vote for, or None."""
-        q = self._unit_vector(V, unit)
-        X = np.stack([V[i] for i in refs])
-        y = np.array([records[i].label for i in refs])
+    def _best(self, q, X, y, min_sim, probs=None, classes=None):
+        """(identity, share, score) that the appearance neighbours of vector q (rows X with
+        identities y) vote for, or None."""
         sims = X @ q
         bar = max(min_sim, 1.0 - self.grey_threshold) if self._grey(q[None])[0] else min_sim
-        nn = np.argsort(-sims)[:min(self.k, len(refs))]
+        k = min(self.k, len(y))
+        nn = np.argpartition(-sims, k - 1)[:k] if k < len(y) else np.arange(len(y))
         ok = nn[sims[nn] >= bar]
         if not len(ok):
             return None
@@ -274,12 +276,13 @@ class AppearanceAssigner:
 
     def _vote(self, records, V, units, refs, allowed, give, min_sim: float) -> None:
         probs = classes = None
+        X = np.stack([V[i] for i in refs])
+        y = np.array([records[i].label for i in refs])
+        Q = np.stack([self._unit_vector(V, u) for u in units])
         if self.method == "propagate":
-            X = np.stack([V[i] for i in refs])
-            y = np.array([records[i].label for i in refs])
-            probs, classes = self._propagate(X, y, np.stack([self._unit_vector(V, u) for u in units]))
+            probs, classes = self._propagate(X, y, Q)
         for row, unit in enumerate(units):
-            found = self._best(V, unit, refs, records, min_sim, None if probs is None else probs[row], classes)
+            found = self._best(Q[row], X, y, min_sim, None if probs is None else probs[row], classes)
             if found is not None and all(allowed(i, found[0]) for i in unit):
                 for i in unit:
                     give(i, found[0], "appearance", found[2])
@@ -319,12 +322,16 @@ class AppearanceAssigner:
                 either = grey[:, None] | grey[None, :]
                 D = np.where(either, D * (threshold / max(self.grey_threshold, 1e-6)), D)
             # Cannot-link: units sharing a source frame are pushed apart (and split again below).
-            frames = [{links.frames.get(i) for i in u} - {None} for u in units]
-            for a in range(len(units)):
-                if frames[a]:
-                    for b in range(a + 1, len(units)):
-                        if frames[a] & frames[b]:
-                            D[a, b] = D[b, a] = 2.0
+            by_frame = defaultdict(set)
+            for m, u in enumerate(units):
+                for i in u:
+                    if i in links.frames:
+                        by_frame[links.frames[i]].add(m)
+            for members in by_frame.values():
+                if len(members) > 1:
+                    idx = np.fromiter(members, int)
+                    D[np.ix_(idx, idx)] = 2.0
+            np.fill_diagonal(D, 0.0)
             named = anchor_label >= 0
             D[named[:, None] & named[None, :] & (anchor_label[:, None] != anchor_label[None, :])] = 2.0
             raw = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",

@@ -189,3 +189,22 @@ def test_frame_cannot_link_and_track_in_the_faceless_stage():
     assert recs[1].label == recs[3].label == recs[0].label  # the track's mean still votes for identity 0
     assert recs[2].label == recs[0].label and recs[2].evidence == "appearance"
     assert recs[4].label == -1  # its frame already holds identity 0
+
+
+def test_faceless_clusters_respect_frames_and_seed_anchors():
+    """Unit level: look-alikes of one frame never share a faceless identity; a seeded image
+    anchors the cluster around it (its name's identity), across the cannot-link between names."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=8), rng.normal(size=8)
+    recs = [R.ImageRecord(path=f"/x/{i}", rel_path=f"{i}.png", size=1, sha256=f"{i}", reason=R.NO_FACE)
+            for i in range(6)]
+    V = {0: a, 1: a + 0.01, 2: a + 0.02, 3: b, 4: b + 0.01, 5: b + 0.02}
+    V = {k: v / np.linalg.norm(v) for k, v in V.items()}
+    assigner = AppearanceAssigner()
+    assigner.vectors = lambda records, idx, *x, **k: {i: V[i] for i in idx}
+    links = ImageLinks(frames={0: "f", 1: "f"}, names={3: "bob"})
+    assigner.assign(recs, links, cache=None, progress=False)
+    assert recs[0].label != recs[1].label or recs[0].label == -1
+    assert recs[2].label >= 0 and recs[2].label in {recs[0].label, recs[1].label}
+    assert recs[3].evidence == "seed" and recs[4].label == recs[5].label == recs[3].label
+    assert recs[4].evidence == "appearance"

@@ -113,3 +113,20 @@ def test_bench_peers_quick(tiny_eval_root, tmp_path):
             assert r["images"] == 6 and in_unit(r["bcubed_f1"]), r
         else:
             assert r["note"]
+
+
+def test_bench_appearance(tiny_eval_root, tmp_path):
+    out = tmp_path / "auc"
+    run_script("bench_appearance.py", "--eval-root", tiny_eval_root, "--set", SET, "--out", out)
+    (row,) = read_outputs(out)
+    assert row["images"] == 6 and in_unit(row["appearance"]) and in_unit(row["hsv_16x8x8"])
+
+
+def test_bench_seeds(tiny_eval_root, tmp_path):
+    out = tmp_path / "seeds"
+    run_script("bench_seeds.py", "--eval-root", tiny_eval_root, "--set", SET, "--seeds", "0,1",
+               "--config", "vote", "--config", "constrained", "--cache-dir", tmp_path / "cache", "--out", out,
+               timeout=300)
+    rows = read_outputs(out)
+    assert [(r["seeds_per_character"], r["config"]) for r in rows] == [(0, "vote"), (0, "constrained"), (1, "vote"), (1, "constrained")]
+    assert all(in_unit(r["bcubed_f1_all"]) for r in rows)

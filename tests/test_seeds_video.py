@@ -159,3 +159,21 @@ def test_bad_seeds_are_one_line_errors(small_set, tmp_path, config):
     _seed_csv(twice, [(n, "ann"), (n, "bea")])
     with pytest.raises(ConfigError, match="named both"):
         make_spec(config(folder, f"seeds={twice}"), "cluster")
+
+
+def test_seeds_and_patterns_from_the_project_file(small_set, tmp_path):
+    from idcluster.config import load_config
+    from idcluster.project import load_project, resolve
+
+    folder, truth = small_set
+    seeds = tmp_path / "seeds.csv"
+    _seed_csv(seeds, [(sorted(truth)[0], "ann")])
+    (tmp_path / "idcluster.toml").write_text(
+        f'[defaults]\ninput_dir = "{folder}"\nseeds = "{seeds}"\n'
+        'overrides = ["constraints.frame_pattern=\'_(f\\\\d+)_\'", "constraints.track_pattern=\'^(t\\\\d+)_\'"]\n')
+    defaults, explicit = resolve(load_project(tmp_path / "idcluster.toml"), [])
+    spec = make_spec(load_config(explicit, defaults=defaults), "cluster")
+    kinds = {type(s).__name__ for s in spec.constraint_sources}
+    assert kinds == {"Seeds", "VideoLinks"}
+    video = next(s for s in spec.constraint_sources if type(s).__name__ == "VideoLinks")
+    assert video.frame_pattern == r"_(f\d+)_" and video.track_pattern == r"^(t\d+)_"
