@@ -440,6 +440,8 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
             rec.evidence, rec.evidence_score = "face", round(rec.probability, 4)
     if spec.appearance is not None:  # faceless images by appearance, seeds, tracks (idcluster.appearance)
         _appearance_stage(spec, result, cache, cached_only)
+        if not len(result.embeddings) and all(r.label < 0 for r in records):
+            raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")
     return result
 
 
