@@ -157,11 +157,16 @@ class AppearanceAssigner:
             refs = [i for i, r in enumerate(records) if r.label >= 0]
             V = self.vectors(records, sorted(set(faceless) | set(refs)), cache, progress, cached_only, computed)
             min_sim = self.calibrated_similarity(records, V, [i for i in refs if i in V])
+        # Uncalibratable (fewer than 2 face identities, e.g. one face cluster of drawn faces that a
+        # human-face model lumped together): face identities take no appearance votes.
+        face_votes = min_sim is not None
+        min_sim = self.min_similarity if min_sim is None else min_sim
         tight = min(self.cluster_threshold, 1.0 - min_sim) if min_sim > self.min_similarity else self.cluster_threshold
-        self.thresholds_ = {"min_similarity": min_sim, "cluster_threshold": tight}
+        self.thresholds_ = {"min_similarity": min_sim, "cluster_threshold": tight, "face_votes": face_votes}
 
         def refs_now() -> list[int]:
-            return [i for i, r in enumerate(records) if r.label >= 0 and i in V]
+            return [i for i, r in enumerate(records) if r.label >= 0 and i in V
+                    and (face_votes or r.evidence != "face")]
 
         # 1. seeds: a name's identity is where its labelled (face) seeds are; else where the name's
         #    faceless seeds vote (an identity no other name holds); else a new one.
@@ -215,15 +220,17 @@ class AppearanceAssigner:
             self._cluster(records, V, units, links, next_label, give, tight, anchors, allowed)
         return self._finish(records)
 
-    def calibrated_similarity(self, records, V, refs) -> float:
+    def calibrated_similarity(self, records, V, refs) -> float | None:
         """min_similarity, raised to the `calibrate_quantile` of the impostor similarity of this very
         run: for each image that face evidence placed, its highest appearance similarity to an image
         of another face identity. Where different people look alike (photos: similar backgrounds
         and clothes) appearance must clear that bar before it places anyone."""
         faced = [i for i in refs if records[i].evidence == "face"]
         y = np.array([records[i].label for i in faced])
-        if self.calibrate_quantile is None or len(faced) < 10 or len(set(y.tolist())) < 2:
+        if self.calibrate_quantile is None or not faced:
             return self.min_similarity
+        if len(faced) < 10 or len(set(y.tolist())) < 2:
+            return None  # no impostors to calibrate on: appearance does not vote into face identities
         X = np.stack([V[i] for i in faced])
         S = X @ X.T
         S[y[:, None] == y[None, :]] = -np.inf

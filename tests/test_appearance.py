@@ -181,7 +181,7 @@ def test_frame_cannot_link_and_track_in_the_faceless_stage():
         r.reason = R.NO_FACE
     V = {0: a, 1: a + 0.01, 2: a + 0.02, 3: a + 0.4 * b, 4: a + 0.01}
     V = {k: v / np.linalg.norm(v) for k, v in V.items()}
-    assigner = AppearanceAssigner(cluster_faceless=False)
+    assigner = AppearanceAssigner(cluster_faceless=False, calibrate_quantile=None)  # one face identity: fixed bar
     assigner.vectors = lambda records, idx, *a, **k: {i: V[i] for i in idx}
     # 3 looks like b but shares a track with 1 (looks like a); 4 shares a frame with 0.
     links = ImageLinks(tracks={1: "t", 3: "t"}, frames={0: "f", 4: "f"})
