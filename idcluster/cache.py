@@ -98,6 +98,13 @@ class StageCache:
         log.warning("corrupt cache entry %s (%s): recomputing", path, type(err).__name__)
         path.unlink(missing_ok=True)
 
+    # Opaque bytes (review thumbnails): same atomic write, LRU touch and prune as the rest
+    def get_bytes(self, stage: str, key: str, ext: str) -> bytes | None:
+        return self._read(self.path(stage, key, ext))
+
+    def put_bytes(self, stage: str, key: str, ext: str, data: bytes) -> None:
+        self._write(self.path(stage, key, ext), data)
+
     # JSON entries (detections, small records)
     def get_json(self, stage: str, key: str) -> Any | None:
         path = self.path(stage, key, "json")

@@ -1,7 +1,7 @@
 """`idcluster cache info|prune`: what the stage cache holds, and dropping old entries.
 
 Prune only ever removes files that are cache entries inside a folder marked by
-the cache's CACHEDIR.TAG: stage entries `<stage>/<ab>/<62 hex>.(json|npz)`,
+the cache's CACHEDIR.TAG: stage entries `<stage>/<ab>/<62 hex>.(json|npz|jpg)`,
 joblib results (a folder holding `output.pkl`, e.g. HDBSCAN's cached trees)
 and temp files left by killed writers. Least recently used (mtime, refreshed
 on hits) goes first.
@@ -19,7 +19,7 @@ from pathlib import Path
 from .cache import CACHEDIR_TAG
 from .errors import InputError
 
-_ENTRY = re.compile(r"^[0-9a-f]{62}\.(json|npz)$")
+_ENTRY = re.compile(r"^[0-9a-f]{62}\.(json|npz|jpg)$")  # jpg: review thumbnails
 _FANOUT = re.compile(r"^[0-9a-f]{2}$")
 _TEMP_MAX_AGE_S = 24 * 3600  # a temp file this old belongs to no live writer
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,

@@ -32,6 +32,9 @@ RUNTIME_KEYS = frozenset({"device", "threads", "batch_size", "memory"})
 # calibrated `distance_threshold`), not constructor arguments.
 META_KEYS = frozenset({"distance_threshold"})
 META_GROUPS = frozenset({"embedder"})
+# Config mappings whose keys are the user's (identity -> name): `export.names.identity_000=woody`
+# adds a key without Hydra's `+`, on the command line and in the project file.
+OPEN_MAPPINGS = ("export.names.",)
 
 
 def conf_dir() -> Path:
@@ -59,6 +62,13 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def open_mapping(override: str) -> str:
+    """`export.names.X=Y` -> `++export.names.X=Y` (add or replace); other overrides unchanged."""
+    if override.startswith(OPEN_MAPPINGS) and "=" in override:
+        return "++" + override
+    return override
+
+
 def load_config(overrides: list[str] = (), require_input: bool = True, defaults: list[str] = (),
                 resolve: bool = True) -> DictConfig:
     """Compose conf/ + `defaults` (the project file's, lower precedence) + `overrides`.
@@ -67,7 +77,8 @@ def load_config(overrides: list[str] = (), require_input: bool = True, defaults:
     from the project file while an experiment picks `clusterer=agglomerative`)
     is dropped with a warning; a bad `overrides` entry is a ConfigError.
     """
-    soft = list(defaults)
+    soft = [open_mapping(o) for o in defaults]
+    overrides = [open_mapping(o) for o in overrides]
     while True:
         try:
             with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -82,9 +93,14 @@ def load_config(overrides: list[str] = (), require_input: bool = True, defaults:
                 raise ConfigError(f"bad override: {msg}") from None
             log.warning("project default %s does not apply to this config (%s): ignored", culprit, msg)
             soft.remove(culprit)
-    if require_input and OmegaConf.is_missing(cfg, "input_dir"):
-        raise ConfigError("input_dir is required: add input_dir=path/to/images")
+    if require_input:
+        require_input_dir(cfg)
     return cfg
+
+
+def require_input_dir(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "input_dir"):
+        raise ConfigError("input_dir is required: add input_dir=path/to/images")
 
 
 def build(cfg: DictConfig, group: str) -> Any:

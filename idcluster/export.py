@@ -28,12 +28,26 @@ log = logging.getLogger(__name__)
 JSON_NAME = "identity_clustering.json"
 NOISE, FACES = "noise", "faces"
 MODES = ("copy", "hardlink", "symlink")
-_MANAGED_DIR = re.compile(r"^(identity_\d{3,}|noise|faces)$")
+# identity_NNN, or identity_NNN_<name> once named in `idcluster review`.
+_MANAGED_DIR = re.compile(r"^(identity_\d{3,}(_[^/]*)?|noise|faces)$")
 
 
-def identity_names(n_clusters: int) -> list[str]:
+def name_slug(name: str) -> str:
+    """A user-given identity name as a safe folder-name suffix."""
+    return re.sub(r"[^\w.-]+", "_", name, flags=re.UNICODE).strip("._")[:60]
+
+
+def identity_folder(cluster: int, width: int, name: str | None = None) -> str:
+    base = f"identity_{cluster:0{width}d}"
+    slug = name_slug(name) if name else ""
+    return f"{base}_{slug}" if slug else base
+
+
+def identity_names(n_clusters: int, meta: dict[int, dict] | None = None) -> list[str]:
+    """Folder of each cluster; `meta` (cluster -> {"name", ...}, from review decisions) adds names."""
     width = max(3, len(str(max(n_clusters - 1, 0))))
-    return [f"identity_{i:0{width}d}" for i in range(n_clusters)]
+    meta = meta or {}
+    return [identity_folder(i, width, meta.get(i, {}).get("name")) for i in range(n_clusters)]
 
 
 def flat_name(rel_path: str) -> str:
@@ -97,10 +111,14 @@ class _Linker:
         shutil.copy2(src, dst)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+Linker = _Linker  # public name: pose splits and training-set exports link/copy the same way
+
+
+def write_json_atomic(path: Path, data: dict, indent: int | None = 2) -> None:
+    """indent=None writes compact JSON with the C encoder (~10x faster on 10k-image reports)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=_json_default)
+        f.write(json.dumps(data, indent=indent, default=_json_default))
     os.replace(tmp, path)
 
 
@@ -119,6 +137,7 @@ def export(
     save_faces: bool = False,
     aligner=None,
     progress: bool = True,
+    meta: dict[int, dict] | None = None,
 ) -> dict[str, int]:
     """Copy/link every input into its identity folder or noise/; returns folder sizes.
 
@@ -127,7 +146,7 @@ def export(
     """
     link = _Linker(mode)
     n_clusters = max((r.label for r in records), default=-1) + 1
-    names = identity_names(n_clusters)
+    names = identity_names(n_clusters, meta)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in names + [NOISE]:
         (output_dir / name).mkdir(exist_ok=True)

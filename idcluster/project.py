@@ -89,6 +89,14 @@ class _Located:
         return start + 1 if section else None
 
 
+def _leaves(table: dict, prefix: str):
+    for k, v in table.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}.{k}")
+        else:
+            yield f"{prefix}.{k}", v
+
+
 def _string_list(loc: _Located, value, key: str, section: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise loc.error(f"[{section}] {key} must be a list of strings", key, section)
@@ -122,6 +130,8 @@ def load_project(path: str | Path | None = None) -> Project:
             project.defaults += _string_list(loc, value, key, "defaults")
         elif key in roots and not isinstance(value, dict):
             project.defaults.insert(0, f"{key}={_quote(value)}")
+        elif key in roots:  # a table, e.g. [defaults.export.names]: one dotted override per leaf
+            project.defaults += [f"{k}={_quote(v)}" for k, v in _leaves(value, key)]
         else:
             raise loc.error(f"unknown key {key!r} in [defaults] (top-level config keys or overrides)", key, "defaults")
     for name, body in data.get("experiments", {}).items():

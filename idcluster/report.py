@@ -33,10 +33,13 @@ def statistics(result: Result) -> dict:
     }
 
 
-def build_report(result: Result, config: dict, models: dict, input_dir, output_dir) -> dict:
+def build_report(result: Result, config: dict, models: dict, input_dir, output_dir,
+                 meta: dict[int, dict] | None = None) -> dict:
+    """`meta`: cluster -> {"name", "hidden", "reviewed"} carried over from review decisions."""
     recs = result.records
     stats = statistics(result)
-    names = identity_names(stats["identities"])
+    meta = meta or {}
+    names = identity_names(stats["identities"], meta)
     members: dict[str, list[str]] = {}
     for r in recs:
         for folder in record_folders(r, names):
@@ -80,13 +83,26 @@ def build_report(result: Result, config: dict, models: dict, input_dir, output_d
         "models": models,
         "cache_keys": result.keys,
         "clusters": [
-            {"identity": name, "cluster": i, "size": len(members.get(name, [])), "images": members.get(name, [])}
+            {"identity": name, "cluster": i, "size": len(members.get(name, [])), "images": members.get(name, []),
+             **_review_fields(meta.get(i))}
             for i, name in enumerate(names)
         ],
         "noise": {"size": len(members.get(NOISE, [])), "reasons": stats["noise_reasons"], "images": members.get(NOISE, [])},
         "statistics": stats,
         "images": images,
     }
+
+
+def _review_fields(m: dict | None) -> dict:
+    """Optional fields of a clusters entry: "name" (user-given), "hidden": true, "reviewed": true."""
+    if not m:
+        return {}
+    out = {"name": m["name"]} if m.get("name") else {}
+    if m.get("hidden"):
+        out["hidden"] = True
+    if m.get("reviewed"):
+        out["reviewed"] = True
+    return out
 
 
 def print_summary(report: dict, console: Console, max_rows: int = 15) -> None:

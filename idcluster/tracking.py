@@ -120,35 +120,11 @@ class Tracker:
             self._fail(e)
 
 
-def contact_sheet(report: dict, path: Path, per_row: int = 8, max_rows: int = 20, thumb: int = 64) -> Path:
-    """One row of thumbnails per identity (largest first), then a noise row."""
-    from PIL import Image, ImageDraw
+def contact_sheet(report: dict, path: Path, centrality: dict[str, float] | None = None) -> Path:
+    """The run's contact sheet (drawn by idcluster.contact_sheet; kept here for callers of this name)."""
+    from .contact_sheet import identity_sheet
 
-    from .images import ImageDecodeError, load_image
-
-    rows = [(c["identity"], c["images"]) for c in report["clusters"][:max_rows]]
-    if report["noise"]["images"]:
-        rows.append(("noise", report["noise"]["images"]))
-    label_w = 110
-    sheet = Image.new("RGB", (label_w + per_row * thumb, max(1, len(rows)) * thumb), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    by_rel = {r["rel_path"]: r for r in report["images"]}
-    for y, (name, images) in enumerate(rows):
-        draw.text((4, y * thumb + thumb // 2 - 6), f"{name} ({len(images)})", fill=(0, 0, 0))
-        for x, rel in enumerate(images[:per_row]):
-            rec = by_rel[rel]
-            try:
-                im = Image.fromarray(load_image(rec["path"]))
-            except ImageDecodeError:
-                continue
-            if rec["face"]:
-                x1, y1, x2, y2 = rec["face"]["box"]
-                m = 0.2 * max(x2 - x1, y2 - y1)
-                im = im.crop((max(0, x1 - m), max(0, y1 - m), x2 + m, y2 + m))
-            im.thumbnail((thumb, thumb))
-            sheet.paste(im, (label_w + x * thumb, y * thumb))
-    sheet.save(path)
-    return path
+    return identity_sheet(report, path, centrality)
 
 
 def embedding_scatter(X: np.ndarray, labels: np.ndarray, path: Path) -> Path:
@@ -175,14 +151,15 @@ def embedding_scatter(X: np.ndarray, labels: np.ndarray, path: Path) -> Path:
 
 
 def log_cluster_run(tracker: Tracker, report: dict, X: np.ndarray, labels: np.ndarray, json_path: Path,
-                    nested: bool = False, name: str | None = None) -> str | None:
+                    nested: bool = False, name: str | None = None, sheet: Path | None = None) -> str | None:
+    """One MLflow run: params, metrics, the JSON, the contact sheet (`sheet`, or drawn here) and a scatter."""
     with tracker.run(name or Path(report["input_dir"]).name, nested=nested) as run_id:
         if run_id is None:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             artifacts = [json_path]
             try:
-                artifacts.append(contact_sheet(report, Path(tmp) / "contact_sheet.png"))
+                artifacts.append(sheet if sheet is not None and sheet.is_file() else contact_sheet(report, Path(tmp) / "contact_sheet.png"))
                 artifacts.append(embedding_scatter(X, labels, Path(tmp) / "embedding_scatter.png"))
             except (OSError, ValueError) as e:
                 log.warning("could not draw run images: %s", e)

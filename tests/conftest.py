@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from idcluster.config import load_config
 from idcluster.demo_data import build_demo_set
 from idcluster.detectors.retinaface import RetinaFaceDetector
 
-EVAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "eval"
+# IDCLUSTER_EVAL_ROOT points elsewhere (e.g. from a git worktree that is not beside shared/).
+EVAL_ROOT = Path(os.environ.get("IDCLUSTER_EVAL_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "eval")
 
 
 @pytest.fixture(autouse=True)

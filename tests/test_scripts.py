@@ -130,3 +130,20 @@ def test_bench_seeds(tiny_eval_root, tmp_path):
     rows = read_outputs(out)
     assert [(r["seeds_per_character"], r["config"]) for r in rows] == [(0, "vote"), (0, "constrained"), (1, "vote"), (1, "constrained")]
     assert all(in_unit(r["bcubed_f1_all"]) for r in rows)
+
+
+def test_bench_pose(tiny_eval_root, tmp_path):
+    out = tmp_path / "pose"
+    run_script("bench_pose.py", "--eval-root", tiny_eval_root, "--set", SET, "--out", out)
+    data = read_outputs(out)
+    assert [r["landmarks"] for r in data["estimators"]] == ["dlib68", "five_point"]
+    assert all(r["faces"] == 6 and r["cpu_ms_per_face"] > 0 for r in data["estimators"])
+
+
+def test_bench_review_small(tmp_path):
+    out = tmp_path / "review"
+    run_script("bench_review.py", "--images", 120, "--identities", 6, "--out", out, timeout=300)
+    data = read_outputs(out)
+    assert [r["run"].split()[0] for r in data["rows"]] == ["cold", "warm"]
+    for r in data["rows"]:
+        assert r["images"] == 120 and r["identities"] >= 2 and r["first_view_s"] > 0 and r["merge_s"] > 0

@@ -14,6 +14,8 @@ from .demo import demo
 from .detect import detect
 from .embed import embed
 from .export import export
+from .subcluster_pose import subcluster_pose
+from .review import review
 from .sweep import sweep
 
 app = typer.Typer(
@@ -25,8 +27,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-for command in (detect, embed, cluster, export, sweep, run, demo):
+for command in (detect, embed, cluster, export, sweep, run, demo, review):
     app.command(context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(command)
+app.command("subcluster-pose", context_settings=OVERRIDES_CONTEXT, epilog=groups_epilog())(subcluster_pose)
 app.add_typer(cache_app, name="cache")
 
 

@@ -26,7 +26,7 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 def groups_epilog() -> str:
     lines = ["Config groups (choose with group=option, * = default):"]
     defaults = default_options()
-    for g in GROUPS:
+    for g in (*GROUPS, "pose"):  # pose: views of subcluster-pose and kohya captions
         opts = [o + ("*" if o == defaults.get(g) else "") for o in group_options(g)]
         lines.append(f"  {g}: {', '.join(opts)}")
     lines.append("Any key of the composed config can be overridden, e.g. clusterer.min_cluster_size=5.")
@@ -72,7 +72,9 @@ def project():
 
 
 def load(overrides: Optional[list[str]], *front: str, require_input: bool = True):
-    """The run config: conf/ < project defaults < `front` (a command's own) < CLI overrides."""
+    """The run config: conf/ < project defaults < `front` (a command's own) < CLI overrides.
+
+    require_input=False for commands that read an earlier output (its JSON) instead of input_dir."""
     from ..config import load_config
     from ..project import resolve
 

@@ -44,3 +44,5 @@ def demo(
     m = score([truth[n] for n in names], found)
     out.print(f"BCubed F1 {m['bcubed_f1']:.3f} (P {m['bcubed_precision']:.3f}, R {m['bcubed_recall']:.3f}); "
               f"pairwise F1 {m['pairwise_f1']:.3f}")
+    out.print(f"next: fix identities in the browser with `idcluster review {folder / 'output'}`; "
+              "running the demo again keeps those fixes")

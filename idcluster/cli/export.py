@@ -1,11 +1,32 @@
 from typing import Optional
 
+from rich.table import Table
+
 from .. import app
+from ..config import require_input_dir
+from ..exporters import check_format, training_set
+from ..identities import read_report
+from ..locking import output_lock
 from .common import Overrides, Quiet, handle_errors, load, out
 
 
 @handle_errors
 def export(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
-    """Re-materialise the folders from the cached clustering of the same overrides (computes nothing)."""
-    cfg = load(overrides)
-    app.cluster(cfg, out, cached_only=True, progress=not quiet)
+    """Re-materialise the folders from the cached clustering (export.format=folders), or write a
+    training set from output_dir's identity_clustering.json (export.format=kohya). Computes no clustering."""
+    cfg = load(overrides, require_input=False)
+    if check_format(cfg.export.format) == "folders":
+        require_input_dir(cfg)
+        app.cluster(cfg, out, cached_only=True, progress=not quiet)
+        return
+    read_report(cfg.output_dir)  # a missing clustering is an error before the lock creates output_dir
+    with output_lock(cfg.output_dir, "export"):
+        result = training_set(cfg, progress=not quiet)
+    table = Table(title=f"training set ({cfg.export.format}) in {result['dest']}", title_justify="left")
+    table.add_column("folder")
+    table.add_column("images", justify="right")
+    table.add_column("repeats", justify="right")
+    for folder, n in result["folders"].items():
+        table.add_row(folder, str(n), str(result["repeats"][folder]))
+    out.print(table)
+    out.print(f"wrote {result['files']} image/caption pairs and manifest.csv to {result['dest']}")

@@ -1,0 +1,78 @@
+import ipaddress
+import logging
+import socket
+import threading
+import webbrowser
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError
+from .common import handle_errors, load, out
+
+log = logging.getLogger("idcluster.review")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _free_port(host: str, port: int) -> int:
+    """The port to serve on (0 = any free one); a taken port is a clear error, not a traceback."""
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be 0-65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:  # port taken, or --host is no address of this machine
+            raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port or --host") from None
+        return s.getsockname()[1]
+
+
+@handle_errors
+def review(
+    args: Optional[list[str]] = typer.Argument(None, help="The output folder (or output_dir=... and other overrides).", show_default=False),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Print the URL, do not open a browser."),
+    port: int = typer.Option(0, "--port", help="Port to listen on (0 = any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback exposes the page to the network."),
+) -> None:
+    """Fix identities in a local web page: merge, split, move, rename, hide, undo; later runs keep the fixes."""
+    import uvicorn
+
+    from ..locking import output_lock
+    from ..review.server import create_app
+    from ..review.store import ReviewStore
+
+    args = list(args or [])
+    folders = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if len(folders) > 1:
+        raise InputError(f"one output folder, got {len(folders)}: {' '.join(folders)}")
+    cfg = load(overrides, "input_dir=unused")
+    output_dir = Path(folders[0] if folders else cfg.output_dir).expanduser()
+    if not output_dir.is_dir():
+        raise InputError(f"{output_dir} is not a folder: run `idcluster cluster ... output_dir={output_dir}` first")
+    journal = Path(str(cfg.review.decisions)).expanduser() if cfg.review.decisions else None
+    if not _loopback(host):
+        log.warning("--host %s: the review page is reachable from other machines (the token still guards it)", host)
+    with output_lock(output_dir, "review"):  # one writer per output folder: cluster/export refuse meanwhile
+        store = ReviewStore(output_dir, journal)
+        app = create_app(store)
+        port = _free_port(host, port)
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{port}/?token={app.state.token}"
+        out.print(f"review of {store.output_dir}: {len(store.state.live_ids())} identities, {len(store.faces)} faces; "
+                  f"decisions in {store.journal}")
+        out.print(f"open {url}  (Ctrl+C to stop)", highlight=False)
+        out.file.flush()  # the URL must reach a pipe or log file before the server blocks
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+        if not no_browser:
+            threading.Timer(0.8, webbrowser.open, args=(url,)).start()
+        server.run()

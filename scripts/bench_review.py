@@ -1,0 +1,151 @@
+"""How fast `idcluster review` opens and answers on a 10,000-image output folder.
+
+The folder is built with idcluster's own scan, export and report code from real
+photos (the demo crops: package-shipped, `idcluster.demo_data`), each copied
+N/56 times with a unique trailer after the image data (so every file has its own
+sha256, as distinct photos would). Detection and embedding are not run (10k
+images take ~15 min here): each face box is the crop's RetinaFace box and each
+vector is a synthetic identity centre plus noise, `--identities` identities.
+Measured in-process (Starlette TestClient), cold (first review: journal base
+written, thumbnails made) and warm (second open, thumbnails cached):
+
+- open: ReviewStore (read JSON + journal, reconcile folders, write JSON)
+- state: GET /api/state (every identity card, representatives, merge suggestions)
+- first_screen: state + the thumbnails of the first 24 cards (4 each): "first view"
+- identity page: GET /api/identity/<largest>?limit=200 + its 200 thumbnails
+- one action: a merge of two identities (journal + folders + JSON rewrite)
+
+    python scripts/bench_review.py --images 10000 --out benchmarks/out/review
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from _bench_common import machine_info, markdown, write_outputs
+
+
+def build_folder(root: Path, n_images: int, n_identities: int, dim: int = 128, seed: int = 0) -> Path:
+    from idcluster.demo_data import build_demo_set
+    from idcluster.detectors.retinaface import RetinaFaceDetector
+    from idcluster.export import export, write_json_atomic, JSON_NAME
+    from idcluster.images import load_image
+    from idcluster.pipeline import Result
+    from idcluster.report import build_report
+    from idcluster.review.store import save_embeddings
+    from idcluster.scan import scan_folder
+
+    det = RetinaFaceDetector()
+    demo, _ = build_demo_set(root / "demo", det)
+    sources = []
+    for p in sorted(demo.iterdir()):
+        im = Image.open(p).convert("RGB")
+        im.thumbnail((200, 200))
+        small = root / "small" / (p.stem + ".jpg")
+        small.parent.mkdir(parents=True, exist_ok=True)
+        im.save(small, quality=85)
+        faces = det.detect(load_image(small))
+        if faces:
+            sources.append((small.read_bytes(), max(faces, key=lambda f: f.size)))
+    inp = root / "in"
+    for i in range(n_images):
+        data, _ = sources[i % len(sources)]
+        sub = inp / f"batch_{i // 1000:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"img_{i:05d}.jpg").write_bytes(data + b"idcluster-bench-%d" % i)  # after EOI: same picture
+    records = scan_folder(inp)
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_identities, dim))
+    sizes = rng.lognormal(0.0, 1.0, size=n_identities)  # a few large identities, many small
+    owner = rng.choice(n_identities, size=len(records), p=sizes / sizes.sum())
+    vectors = centres[owner] + rng.normal(scale=0.6, size=(len(records), dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for row, rec in enumerate(records):
+        n = int(rec.rel_path.split("_")[-1].split(".")[0])
+        rec.faces, rec.face_index = [sources[n % len(sources)][1]], 0
+        rec.width, rec.height = 200, 200
+        rec.face_rows, rec.embedding_row = {0: row}, row
+        rec.label = int(owner[row]) if rng.random() > 0.03 else -1
+        rec.face_labels, rec.probability = {0: rec.label}, float(rec.label >= 0)
+    # labels as clusterers leave them: 0 = largest
+    ids = sorted({r.label for r in records if r.label >= 0}, key=lambda l: -sum(r.label == l for r in records))
+    remap = {old: new for new, old in enumerate(ids)}
+    for r in records:
+        r.label = remap.get(r.label, -1)
+        r.face_labels = {0: r.label}
+    out = root / "out"
+    cache = root / "cache"
+    result = Result(records=records, embeddings=vectors.astype(np.float32), keys={"embeddings": "bench-%d" % n_images})
+    export(records, out, "copy", progress=False)
+    save_embeddings(cache, result.keys["embeddings"], records, result.embeddings)
+    cfg = {"cache_dir": str(cache), "export": {"mode": "copy"}, "embedder": {"distance_threshold": 0.07}}
+    report = build_report(result, cfg, {"detector": "bench", "embedder": "synthetic"}, inp, out)
+    write_json_atomic(out / JSON_NAME, report)
+    return out
+
+
+def measure(out: Path, label: str) -> dict:
+    from starlette.testclient import TestClient
+
+    from idcluster.review.server import create_app
+    from idcluster.review.store import ReviewStore
+
+    t0 = time.perf_counter()
+    store = ReviewStore(out)
+    t_open = time.perf_counter() - t0
+    H = {"X-Review-Token": "t"}
+    with TestClient(create_app(store, token="t")) as c:
+        t1 = time.perf_counter()
+        state = c.get("/api/state", headers=H).json()
+        t_state = time.perf_counter() - t1
+        for d in state["identities"][:24]:
+            for f in d["reps"]:
+                assert c.get(f"/thumb/{f}", headers=H).status_code == 200
+        t_first = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        big = state["identities"][0]
+        page = c.get(f"/api/identity/{big['id']}?limit=200", headers=H).json()
+        for m in page["members"]:
+            c.get(f"/thumb/{m['face']}", headers=H)
+        t_page = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        a, b = state["identities"][-2]["id"], state["identities"][-1]["id"]
+        assert c.post("/api/action", json={"op": "merge", "ids": [a, b]}, headers=H).status_code == 200
+        t_act = time.perf_counter() - t3
+        c.post("/api/action", json={"op": "undo"}, headers=H)
+    return {"run": label, "images": len(store.images), "identities": len(state["identities"]),
+            "open_s": t_open, "state_s": t_state, "first_view_s": t_open + t_first, "first_screen_s": t_first,
+            "identity_page_s": t_page, "merge_s": t_act}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--identities", type=int, default=300)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/review"))
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench_review_"))
+    try:
+        t0 = time.perf_counter()
+        out = build_folder(root, args.images, args.identities)
+        build_s = time.perf_counter() - t0
+        rows = [measure(out, "cold (first review)"), measure(out, "warm (reopen, thumbnails cached)")]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    cols = [("run", "{}"), ("images", "{}"), ("identities", "{}"), ("open_s", "{:.2f}"), ("state_s", "{:.2f}"),
+            ("first_screen_s", "{:.2f}"), ("first_view_s", "{:.2f}"), ("identity_page_s", "{:.2f}"), ("merge_s", "{:.2f}")]
+    table = markdown(rows, cols)
+    write_outputs(args.out, {"machine": machine_info(), "build_s": build_s, "args": vars(args) | {"out": str(args.out)},
+                             "rows": rows}, [f"idcluster review on {args.images} images\n", table])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
