@@ -11,6 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from . import pipeline, tracking
+from .appearance import AppearanceAssigner
+from .seeds import Seeds
+from .video_links import VideoLinks
 from .config import build, params
 from .errors import ConfigError
 from .evaluation import check_labels, evaluate, ground_truth
@@ -50,8 +53,21 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
         exclude=[output_dir, cache_dir],  # outputs placed inside the input are not inputs
         progress=progress,
         runner=make_runner(cfg),
-        constraint_sources=[review_decisions.constraint_source(journal)] if journal else [],
+        constraint_sources=(constraint_sources(cfg, input_dir)
+                            + ([review_decisions.constraint_source(journal)] if journal else [])) if until == "cluster" else [],
+        appearance=AppearanceAssigner(**OmegaConf.to_container(cfg.appearance, resolve=True)) if until == "cluster" else None,
     )
+
+
+def constraint_sources(cfg: DictConfig, input_dir: Path) -> list:
+    """Seeds and frame/track patterns from the config, each a constraint source."""
+    sources: list = []
+    if cfg.get("seeds"):
+        sources.append(Seeds(str(cfg.seeds), input_dir))
+    video = VideoLinks(cfg.constraints.frame_pattern, cfg.constraints.track_pattern)
+    if video:
+        sources.append(video)
+    return sources
 
 
 def review_journal(cfg: DictConfig) -> Path | None:

@@ -67,6 +67,7 @@ class Spec:
     # Seeds, review decisions, video tracks/frames: each maps the records (rows
     # assigned) to Constraints over embedding rows; their union reaches the clusterer.
     constraint_sources: list[Callable[[list[ImageRecord]], Constraints]] = field(default_factory=list)
+    appearance: Any = None  # appearance.AppearanceAssigner: faceless images join identities after clustering
 
 
 @dataclass
@@ -464,19 +465,24 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
     Re-entrant: a sweep calls it once per point on the same upstream result.
     """
     records = result.records
-    if not len(result.embeddings):
+    if not len(result.embeddings) and not getattr(spec.appearance, "enabled", False):
         raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")
     for rec in records:
         rec.label, rec.probability, rec.face_labels = -1, 0.0, {}
+        rec.evidence = rec.evidence_score = None
         if rec.reason == R.CLUSTER_NOISE:
             rec.reason = rec.detail = None
     constraints = Constraints()
     for source in spec.constraint_sources:
         constraints = constraints | source(records)
     result.constraints = constraints
-    # groups: the image each row came from, so faces of one image never share a cluster.
-    labels, probs = reduce_and_cluster(spec, result.embeddings, StageCache(spec.cache_dir), result,
-                                       cached_only=cached_only, groups=result.groups, constraints=constraints)
+    cache = StageCache(spec.cache_dir)
+    if len(result.embeddings):
+        # groups: the image each row came from, so faces of one image never share a cluster.
+        labels, probs = reduce_and_cluster(spec, result.embeddings, cache, result, cached_only=cached_only,
+                                           groups=result.groups, constraints=constraints)
+    else:
+        labels = probs = np.zeros(0)
     for rec in records:
         rec.face_labels = {k: int(labels[row]) for k, row in rec.face_rows.items()}
         if rec.embedding_row is None:
@@ -484,7 +490,25 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
         rec.label, rec.probability = int(labels[rec.embedding_row]), float(probs[rec.embedding_row])
         if rec.label < 0:
             rec.reason, rec.detail = R.CLUSTER_NOISE, "not close enough to any cluster"
+        else:
+            rec.evidence, rec.evidence_score = "face", round(rec.probability, 4)
+    if spec.appearance is not None:  # faceless images by appearance, seeds, tracks (idcluster.appearance)
+        _appearance_stage(spec, result, cache, cached_only)
+        if not len(result.embeddings) and all(r.label < 0 for r in records):
+            raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")
     return result
+
+
+def _appearance_stage(spec: Spec, result: Result, cache: StageCache, cached_only: bool) -> None:
+    from .appearance import image_links
+
+    t0 = time.perf_counter()
+    links = image_links(spec.constraint_sources, result.records)
+    for i, rec in enumerate(result.records):  # recorded in identity_clustering.json
+        rec.links = {k: v for k, v in (("seed", links.names.get(i)), ("track", links.tracks.get(i)),
+                                       ("frame", links.frames.get(i))) if v is not None}
+    spec.appearance.assign(result.records, links, cache, spec.progress, cached_only, result.computed)
+    result.timings["appearance"] = time.perf_counter() - t0
 
 
 def _reason_summary(records: list[ImageRecord]) -> str:

@@ -79,6 +79,9 @@ class ImageRecord:
     face_labels: dict[int, int] = field(default_factory=dict)  # face index -> cluster
     label: int = -1
     probability: float = 0.0
+    evidence: str | None = None  # what placed it in its identity: face | appearance | seed | track
+    evidence_score: float | None = None  # how strongly (face: cluster membership; appearance: similarity)
+    links: dict[str, str] = field(default_factory=dict)  # seed name, video track, source frame (constraint sources)
 
     @property
     def face(self) -> Face | None:

@@ -17,7 +17,7 @@ FORMAT_VERSION = 1
 
 def statistics(result: Result) -> dict:
     recs = result.records
-    reasons = Counter(r.reason for r in recs if r.reason)
+    reasons = Counter(r.reason for r in recs if r.reason and r.label < 0)
     n_clusters = max((r.label for r in recs), default=-1) + 1
     return {
         "images": len(recs),
@@ -27,6 +27,7 @@ def statistics(result: Result) -> dict:
         "noise": sum(1 for r in recs if r.label < 0),
         "identities": n_clusters,
         "noise_reasons": dict(reasons.most_common()),
+        "evidence": dict(Counter(r.evidence for r in recs if r.label >= 0 and r.evidence).most_common()),
         "computed": dict(result.computed),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
     }
@@ -60,6 +61,9 @@ def build_report(result: Result, config: dict, models: dict, input_dir, output_d
             "cluster": r.label,
             "identity": names[r.label] if r.label >= 0 else NOISE,
             "probability": round(r.probability, 4),
+            "evidence": r.evidence,
+            "evidence_score": r.evidence_score,
+            "links": r.links,
             "reason": r.reason,
             "detail": r.detail,
             "output": output_path(r, names),

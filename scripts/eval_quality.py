@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from idcluster.app import make_spec
@@ -30,9 +31,15 @@ COLUMNS = [
     ("set", "{}"), ("config", "{}"), ("images", "{}"), ("face_share", "{:.3f}"), ("noise_share", "{:.3f}"),
     ("bcubed_precision", "{:.3f}"), ("bcubed_recall", "{:.3f}"), ("bcubed_f1", "{:.3f}"),
     ("pairwise_f1", "{:.3f}"), ("nmi", "{:.3f}"), ("ari", "{:.3f}"),
-    ("identities_true", "{}"), ("identities_found", "{}"), ("identities_split", "{}"),
+    ("evidence", "{}"), ("identities_true", "{}"), ("identities_found", "{}"), ("identities_split", "{}"),
     ("clusters_merged", "{}"), ("distractors_merged", "{}"), ("seconds", "{:.1f}"),
 ]
+
+
+def evidence_mix(records, truth) -> str:
+    """What placed the labelled images: 'face 120, appearance 40, noise 10'."""
+    counts = Counter((r.evidence or "?") if r.label >= 0 else "noise" for r in records if r.rel_path in truth)
+    return ", ".join(f"{k} {n}" for k, n in counts.most_common())
 
 
 def parse_set(spec: str) -> tuple[list[str], list[str]]:
@@ -84,6 +91,7 @@ def main(argv=None) -> int:
                     row["error"] = str(e)
                     result = run(make_spec(cfg, "detect", progress=not args.quiet), until="detect")
                 row.update(evaluate(result.records, truth, distractors))
+                row["evidence"] = evidence_mix(result.records, truth)
                 row["seconds"] = time.perf_counter() - t0
                 rows.append(row)
                 print(markdown([row]).splitlines()[-1], flush=True)

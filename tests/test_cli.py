@@ -95,7 +95,7 @@ def test_unknown_group_option(tmp_path):
     assert result.exit_code == 2
     assert result.output == (
         "error: bad override: In 'config': Could not find 'embedder/nope' "
-        "Available options in 'embedder': arcface dlib facenet facenet_pytorch\n"
+        "Available options in 'embedder': appearance arcface ccip clip dlib facenet facenet_pytorch\n"
     )
 
 

@@ -181,7 +181,7 @@ def test_every_file_keeps_its_row_with_a_reason(small_set, tmp_path, config):
 def test_small_faces_go_to_noise_without_reembedding(small_set, tmp_path, config):
     folder, _ = small_set
     run(config(folder))
-    result = run(config(folder, "faces.min_face_size=150"))
+    result = run(config(folder, "faces.min_face_size=150", "appearance.enabled=false"))
     small = [r for r in result.records if r.face.size < 150]
     assert small and all(r.reason == R.FACE_TOO_SMALL and r.label == -1 for r in small)
     assert all(r.reason != R.FACE_TOO_SMALL for r in result.records if r.face.size >= 150)
@@ -194,12 +194,12 @@ def test_blur_filter_sends_blurry_faces_to_noise(small_set, tmp_path, config):
     from PIL import ImageFilter
 
     Image.open(folder / name).convert("RGB").filter(ImageFilter.GaussianBlur(6)).save(folder / "blurred.png")
-    result = run(config(folder, "faces.blur_threshold=20"))
+    result = run(config(folder, "faces.blur_threshold=20", "appearance.enabled=false"))
     by_name = {r.rel_path: r for r in result.records}
     assert by_name["blurred.png"].reason == R.BLURRY
     assert by_name["blurred.png"].blur < 20 < by_name[name].blur
     # The threshold is a filter after the cache: switching it off re-embeds nothing.
-    assert "embed" not in run(config(folder)).computed
+    assert "embed" not in run(config(folder, "appearance.enabled=false")).computed
 
 
 def test_largest_face_of_a_group_photo_is_chosen(tmp_path, config):

@@ -125,6 +125,23 @@ def test_bench_gpu_cpu_path(tmp_path):
     assert data["bcubed_f1"] >= 0.8 and data["embedder_alone"][0]["faces_per_s"] > 0
 
 
+def test_bench_appearance(tiny_eval_root, tmp_path):
+    out = tmp_path / "auc"
+    run_script("bench_appearance.py", "--eval-root", tiny_eval_root, "--set", SET, "--out", out)
+    (row,) = read_outputs(out)
+    assert row["images"] == 6 and in_unit(row["appearance"]) and in_unit(row["hsv_16x8x8"])
+
+
+def test_bench_seeds(tiny_eval_root, tmp_path):
+    out = tmp_path / "seeds"
+    run_script("bench_seeds.py", "--eval-root", tiny_eval_root, "--set", SET, "--seeds", "0,1",
+               "--config", "vote", "--config", "constrained", "--cache-dir", tmp_path / "cache", "--out", out,
+               timeout=300)
+    rows = read_outputs(out)
+    assert [(r["seeds_per_character"], r["config"]) for r in rows] == [(0, "vote"), (0, "constrained"), (1, "vote"), (1, "constrained")]
+    assert all(in_unit(r["bcubed_f1_all"]) for r in rows)
+
+
 def test_bench_pose(tiny_eval_root, tmp_path):
     out = tmp_path / "pose"
     run_script("bench_pose.py", "--eval-root", tiny_eval_root, "--set", SET, "--out", out)
