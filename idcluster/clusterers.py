@@ -236,14 +236,14 @@ class HDBSCAN(_FaceClusterer):
         tree = tree_fn(np.ascontiguousarray(Xn), int(min_samples), algorithm)
         select = (min_cluster_size, self.cluster_selection_method)
         eps = float(self.cluster_selection_epsilon)
-        labels, self.probabilities_ = tree_to_labels(tree, *select, False, eps, None)
+        labels, self.probabilities_ = _tree_to_labels(tree, *select, False, eps)
         if self.allow_single_cluster:
             # HDBSCAN never selects its root, so a folder of one character comes out as no
             # identity at all, or split into near-duplicate sub-clusters. Take the root when it
             # is one identity by the embedder's calibrated threshold (mean pairwise cosine
             # distance, as average linkage cuts); plain allow_single_cluster=True merges
             # everyone on LFW (BCubed F1 0.954 -> 0.087).
-            single, probs = tree_to_labels(tree, *select, True, eps, None)
+            single, probs = _tree_to_labels(tree, *select, True, eps)
             members = np.flatnonzero(single >= 0)
             if len(members) >= min_cluster_size and mean_pairwise_distance(Xn[members]) <= self.single_cluster_threshold:
                 # The root's outliers that are as close to its members as average linkage
@@ -254,6 +254,20 @@ class HDBSCAN(_FaceClusterer):
                 single[near], probs[near] = 0, 1.0
                 labels, self.probabilities_ = single, probs
         return labels
+
+
+def _tree_to_labels(tree, min_cluster_size, method, allow_single_cluster, eps):
+    try:
+        return tree_to_labels(tree, min_cluster_size, method, allow_single_cluster, eps, None)
+    except TypeError as e:
+        if eps > 0 and "0-dimensional" in str(e):
+            # scikit-learn 1.9's epsilon search indexes size-1 arrays as scalars, which NumPy >= 2.4
+            # refuses (scikit-learn issue #33219, fix pending in PR #34243): one clear line instead.
+            raise ValueError(
+                "HDBSCAN's cluster_selection_epsilon > 0 fails inside scikit-learn 1.9 with NumPy >= 2.4 "
+                "(scikit-learn issue #33219): use cluster_selection_epsilon=0, or clusterer=agglomerative "
+                "with distance_threshold") from None
+        raise
 
 
 def mean_pairwise_distance(Xn: np.ndarray) -> float:

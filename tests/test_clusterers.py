@@ -125,3 +125,17 @@ def test_hdbscan_matches_scikit_learn_and_caches_its_tree(tmp_path, monkeypatch)
     assert fits["n"] == 2  # min_samples changes the tree
     for algorithm in ("brute", "kd_tree"):
         assert (HDBSCAN(min_cluster_size=4, algorithm=algorithm, cannot_link_same_image=False).fit_predict(X) == expected).all()
+
+
+def test_hdbscan_epsilon_bug_of_scikit_learn_is_one_clear_error():
+    """scikit-learn 1.9 + NumPy >= 2.4 crash in HDBSCAN's epsilon search (scikit-learn #33219);
+    identities of tight micro-clusters make epsilon climb more than one level and trigger it.
+    If this test fails because the fit succeeds, upstream fixed it: drop the guard."""
+    if np.lib.NumpyVersion(np.__version__) < "2.4.0":
+        pytest.skip("the scikit-learn bug needs NumPy >= 2.4")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    X = np.array([c + sub + rng.normal(0, 0.005, 16) for c in centres
+                  for sub in rng.normal(0, 0.08, (3, 16)) for _ in range(5)])
+    with pytest.raises(ValueError, match=r"cluster_selection_epsilon > 0 fails inside scikit-learn .*#33219"):
+        HDBSCAN(min_cluster_size=3, cluster_selection_epsilon=0.5).fit_predict(X)
