@@ -12,6 +12,9 @@ EXTRAS = {
     "gpu": ("onnxruntime",),
     "bench": ("psutil",),
     "test": ("pytest",),
+    "browser": ("selenium",),
+    "scale": ("leidenalg", "igraph"),
+    "ray": ("ray",),
 }
 
 

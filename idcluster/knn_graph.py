@@ -120,11 +120,9 @@ def chinese_whispers(graph: csr_matrix, iterations: int = 20, batches: int = 8, 
 
 def leiden(graph: csr_matrix, resolution: float, seed: int = 0) -> np.ndarray:
     """Leiden communities (constant Potts model: no resolution limit on 10^6 nodes)."""
-    try:
-        import igraph
-        import leidenalg
-    except ImportError:
-        raise ImportError("clusterer.method=leiden needs leidenalg: pip install 'idcluster[scale]'") from None
+    from .extras import require
+
+    leidenalg, igraph = require("scale", "clusterer.method=leiden")  # one ModelError naming the extra
     upper = coo_matrix(graph)
     keep = upper.row < upper.col
     g = igraph.Graph(n=graph.shape[0], edges=np.stack([upper.row[keep], upper.col[keep]], axis=1).tolist())

@@ -116,7 +116,8 @@ def test_faceless_instances_join_the_identity_they_resemble(faceless_set, config
 def test_appearance_off_or_tight_leaves_faceless_in_noise(faceless_set, config):
     folder, truth, extra = faceless_set
     for override in ["appearance.enabled=false", "appearance.min_similarity=0.9999"]:
-        by = {r.rel_path: r for r in run(config(folder, override, "appearance.cluster_faceless=false")).records}
+        by = {r.rel_path: r for r in run(config(folder, override, "appearance.cluster_faceless=false",
+                                                "faces.min_face_size=64")).records}
         assert all(by[n].label == -1 and by[n].evidence is None for n in extra), override
 
 

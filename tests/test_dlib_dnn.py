@@ -104,6 +104,7 @@ def test_a_file_that_is_not_the_network_is_one_error(tmp_path):
         dlib_dnn.read_net(bad)
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
 def test_torch_module_equals_onnx(net, demo_set, embedder):
     import torch

@@ -84,6 +84,7 @@ def test_rejects_unknown_options():
         KNNGraph(index="annoy").fit_predict(X)
 
 
+@pytest.mark.scale
 def test_leiden_recovers_identities():
     pytest.importorskip("leidenalg")
     X, y = identities(n_ids=50)

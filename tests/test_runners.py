@@ -11,7 +11,7 @@ import pytest
 from idcluster import pipeline
 from idcluster.app import make_spec
 from idcluster.config import load_config
-from idcluster.errors import ConfigError, PipelineError
+from idcluster.errors import ModelError, PipelineError
 from idcluster.runners import make_runner
 
 
@@ -49,7 +49,7 @@ def test_without_ray_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     from idcluster.runners.ray_runner import RayRunner
 
-    with pytest.raises(ConfigError, match=r"runner=ray needs Ray: pip install 'idcluster\[ray\]'"):
+    with pytest.raises(ModelError, match=r"runner=ray needs ray: pip install 'idcluster\[ray\]'"):
         RayRunner().run(None, [{}], None, None, None)
 
 
@@ -62,6 +62,7 @@ def ray_local():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_gives_the_same_identities_as_local(ray_local, small_set, tmp_path):
     folder, truth = small_set
     base = [f"input_dir={folder}", "clusterer.min_cluster_size=3", "tracking=off", "workers=2"]
@@ -73,6 +74,7 @@ def test_ray_gives_the_same_identities_as_local(ray_local, small_set, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_killed_ray_worker_loses_only_in_flight_images_and_a_rerun_resumes(ray_local, small_set, tmp_path, monkeypatch):
     from idcluster.runners.ray_runner import RayRunner
 

@@ -14,9 +14,13 @@ from idcluster.detectors.retinaface import RetinaFaceDetector
 from idcluster.embedders.dlib_resnet import DlibEmbedder
 from idcluster.images import load_image
 
-needs_onnx2torch = pytest.mark.skipif(
+_skip = pytest.mark.skipif(
     importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx2torch") is None,
     reason="torch + onnx2torch (the torch extra) not installed")
+
+
+def needs_onnx2torch(test):
+    return pytest.mark.torch(_skip(test))
 
 
 @needs_onnx2torch

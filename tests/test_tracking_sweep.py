@@ -80,7 +80,8 @@ def test_expand_grid_uses_hydra_sweep_syntax():
         ["clusterer.min_cluster_size=5", "clusterer.min_samples=2", "workers=1"],
     ]
     points, _ = expand_grid(["clusterer=glob(*,exclude=hdbscan)"])
-    assert [p[0] for p in points] == ["clusterer=agglomerative", "clusterer=chinese_whispers", "clusterer=dbscan"]
+    assert [p[0] for p in points] == ["clusterer=agglomerative", "clusterer=chinese_whispers", "clusterer=dbscan",
+                                      "clusterer=knn_graph"]
     points, _ = expand_grid(["reducer=choice(none,pca)"])
     assert len(points) == 2
     with pytest.raises(ConfigError, match="bad sweep override"):

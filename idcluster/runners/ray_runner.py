@@ -20,16 +20,15 @@ import os
 import pickle
 from typing import Any, Callable
 
-from ..errors import ConfigError, PipelineError
+from ..errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 
 def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("runner=ray needs Ray: pip install 'idcluster[ray]'") from None
+    from ..extras import require
+
+    (ray,) = require("ray", "runner=ray")
     return ray
 
 
