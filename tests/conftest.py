@@ -45,6 +45,27 @@ def small_set(demo_set, tmp_path) -> tuple[Path, dict[str, str]]:
     return dest, {n: truth[n] for n in keep}
 
 
+def cluster_demo_subset(demo_set, root: Path, per_identity: int = 3) -> tuple[Path, Path]:
+    """Copy `per_identity` crops of each demo person into root/in and cluster them into root/out
+    through the CLI, with a cache of its own under root (module fixtures run before the
+    per-test IDCLUSTER_CACHE, so never the user's). Returns (input folder, output folder)."""
+    from typer.testing import CliRunner
+
+    from idcluster.cli import app
+
+    src, truth = demo_set
+    folder = root / "in"
+    folder.mkdir()
+    for identity in sorted(set(truth.values())):
+        for n in [n for n in sorted(truth) if truth[n] == identity][:per_identity]:
+            shutil.copy2(src / n, folder / n)
+    out = root / "out"
+    r = CliRunner().invoke(app, ["cluster", f"input_dir={folder}", f"output_dir={out}", f"cache_dir={root / 'cache'}",
+                                 "clusterer.min_cluster_size=3", "tracking=off", "-q"])
+    assert r.exit_code == 0, r.output
+    return folder, out
+
+
 @pytest.fixture
 def eval_root() -> Path:
     if not EVAL_ROOT.is_dir():

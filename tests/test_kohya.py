@@ -15,6 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from idcluster.cli import app
+
+from conftest import cluster_demo_subset
 from idcluster.exporters.captions import caption
 from idcluster.exporters.imaging import Sizing, prepare
 from idcluster.exporters.kohya import MARKER, repeats_for
@@ -33,19 +35,7 @@ def tree(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def clustered(demo_set, tmp_path_factory):
     """21 real crops of 7 people, clustered once; tests copy the output folder."""
-    src, truth = demo_set
-    root = tmp_path_factory.mktemp("kohya")
-    folder = root / "in"
-    folder.mkdir()
-    for identity in sorted(set(truth.values())):
-        for n in [n for n in sorted(truth) if truth[n] == identity][:3]:
-            shutil.copy2(src / n, folder / n)
-    out = root / "out"
-    # A module fixture runs before the per-test IDCLUSTER_CACHE: name its cache (never the user's).
-    r = invoke("cluster", f"input_dir={folder}", f"output_dir={out}", f"cache_dir={root / 'cache'}",
-               "clusterer.min_cluster_size=3", "tracking=off", "-q")
-    assert r.exit_code == 0, r.output
-    return folder, out
+    return cluster_demo_subset(demo_set, tmp_path_factory.mktemp("kohya"))
 
 
 @pytest.fixture

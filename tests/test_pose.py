@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from idcluster import pose as P
 from idcluster.cache import StageCache
 from idcluster.cli import app
+
+from conftest import cluster_demo_subset
 from idcluster.config import load_config
 from idcluster.detectors.retinaface import RetinaFaceDetector
 from idcluster.faces import select_face
@@ -182,19 +184,7 @@ def test_every_pose_option_composes():
 @pytest.fixture(scope="module")
 def clustered(demo_set, tmp_path_factory):
     """A clustering of 21 real crops (7 people x 3 augmentations incl. a mirror)."""
-    src, truth = demo_set
-    root = tmp_path_factory.mktemp("posecl")
-    folder = root / "in"
-    folder.mkdir()
-    for identity in sorted(set(truth.values())):
-        for n in [n for n in sorted(truth) if truth[n] == identity][:3]:
-            shutil.copy2(src / n, folder / n)
-    out = root / "out"
-    # A module fixture runs before the per-test IDCLUSTER_CACHE: name its cache (never the user's).
-    r = invoke("cluster", f"input_dir={folder}", f"output_dir={out}", f"cache_dir={root / 'cache'}",
-               "clusterer.min_cluster_size=3", "tracking=off", "-q")
-    assert r.exit_code == 0, r.output
-    return folder, out
+    return cluster_demo_subset(demo_set, tmp_path_factory.mktemp("posecl"))
 
 
 def _copy_out(clustered, tmp_path) -> Path:
