@@ -55,10 +55,23 @@ def flat_name(rel_path: str) -> str:
     return rel_path.replace("/", "__")
 
 
+def _named_folders(output_dir: Path) -> set[str]:
+    """Folders of named identities (identity_NNN_<name>) that the earlier export's JSON lists."""
+    try:
+        report = json.loads((output_dir / JSON_NAME).read_text(encoding="utf-8"))
+        return {c["identity"] for c in report.get("clusters", []) if isinstance(c, dict) and "identity" in c}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return set()
+
+
 def _managed(output_dir: Path) -> list[Path]:
+    """What an export wrote here: identity_NNN/, noise/, faces/, the JSON, and identity_NNN_<name>/
+    only where the JSON names it (a user's own `identity_000_poses/` is not ours to replace)."""
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and _MANAGED_DIR.match(p.name)]
+    named = _named_folders(output_dir)
+    found = [p for p in output_dir.iterdir() if p.is_dir() and _MANAGED_DIR.match(p.name)
+             and (re.fullmatch(r"identity_\d{3,}", p.name) or p.name in ("noise", "faces") or p.name in named)]
     if (output_dir / JSON_NAME).exists():
         found.append(output_dir / JSON_NAME)
     return sorted(found)

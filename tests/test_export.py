@@ -63,10 +63,14 @@ def test_refuses_to_overwrite_then_overwrites(small_set, tmp_path, config):
     with pytest.raises(InputError, match=r"output_dir already holds an export .* add export.overwrite=true"):
         cluster(config(folder))
     (tmp_path / "out" / "my_notes.txt").write_text("keep me")
+    poses = tmp_path / "out" / "identity_000_poses"  # a folder of the user's that looks like a named identity
+    poses.mkdir()
+    (poses / "a.txt").write_text("mine")
     cluster(config(folder, "export.overwrite=true", "clusterer.min_cluster_size=30"))
     out = tmp_path / "out"
-    assert not list(out.glob("identity_[0-9]*"))  # the old identity folders went with the old export
+    assert not list(out.glob("identity_[0-9][0-9][0-9]"))  # the old identity folders went with the old export
     assert (out / "my_notes.txt").read_text() == "keep me"  # files idcluster did not write stay
+    assert (poses / "a.txt").read_text() == "mine"  # not named by the old JSON: not ours to replace
 
 
 def test_hardlink_mode_shares_inodes(small_set, tmp_path, config):
