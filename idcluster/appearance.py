@@ -26,7 +26,9 @@ file, alpha channel as the mask). Every record ends with `evidence` and
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,17 +108,24 @@ class AppearanceAssigner:
         if todo and cached_only:
             raise CacheMiss(f"no cached appearance vectors for {len(todo)} image(s) in {cache.root}: "
                             "run `idcluster cluster` with the same overrides first")
-        with stage_bar("appearance", len(todo), progress) as bar:
-            for i, key in todo:
-                try:
-                    rgb, mask = load_instance(records[i].path)
-                except ImageDecodeError:  # changed since the scan: stays out of the stage
-                    bar.advance()
-                    continue
-                out[i] = d.describe(rgb, mask)
-                cache.put_arrays(APPEARANCE, key, vector=out[i])
-                if computed is not None:
-                    computed["appearance"] += 1
+        def describe(i: int) -> np.ndarray | None:
+            try:
+                rgb, mask = load_instance(records[i].path)
+            except ImageDecodeError:  # changed since the scan: stays out of the stage
+                return None
+            return d.describe(rgb, mask)
+
+        # Decoding (Pillow) and the histogram/HOG kernels (OpenCV, NumPy, scikit-image) release the
+        # GIL for most of their time, so one thread per core runs them in parallel; results are
+        # cached here, in order, as each finishes.
+        with stage_bar("appearance", len(todo), progress) as bar, \
+                ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1) or 1) as pool:
+            for (i, key), vector in zip(todo, pool.map(describe, [i for i, _ in todo])):
+                if vector is not None:
+                    out[i] = vector
+                    cache.put_arrays(APPEARANCE, key, vector=vector)
+                    if computed is not None:
+                        computed["appearance"] += 1
                 bar.advance()
         return out
 
