@@ -24,7 +24,6 @@ that shape.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 
 from .cache import default_cache_dir
 from .errors import ModelError
+from .weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -323,14 +323,6 @@ def to_onnx(net: DlibNet) -> bytes:
     return model.SerializeToString()
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def converted_onnx(dat_path: str | Path, cache_dir: Path | None = None) -> Path:
     """The ONNX file for `dat_path`, converting on first use; keyed by the .dat's sha256.
 
@@ -338,7 +330,7 @@ def converted_onnx(dat_path: str | Path, cache_dir: Path | None = None) -> Path:
     """
     dat_path = Path(dat_path)
     root = (cache_dir or default_cache_dir()) / "dlib-onnx"  # beside the stage cache; `cache prune` leaves it
-    target = root / f"{sha256_of(dat_path)}-c{CONVERTER_VERSION}.onnx"
+    target = root / f"{file_sha256(Path(dat_path))}-c{CONVERTER_VERSION}.onnx"
     if target.is_file():
         return target
     log.info("converting %s to ONNX (once) -> %s", dat_path.name, target)

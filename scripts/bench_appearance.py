@@ -12,7 +12,6 @@ part (A 160 px thumbnails, B 96 px tight crops, C whole illustrations; MANIFEST.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from sklearn.metrics import roc_auc_score
 
 from idcluster.embedders.appearance import AppearanceEmbedder, load_instance
 from idcluster.evaluation import read_labels
+
+from _bench_common import markdown, write_outputs
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 SETS = ["anime_characters_dev", "simpsons14_64px_gray"]
@@ -80,13 +81,8 @@ def main(argv=None) -> int:
             row["appearance_ms_per_image"] = round(1000 * t_app / len(rels), 2)
             rows.append(row)
             print(row, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     cols = ["set", "part", "images", "hsv_16x8x8", "appearance", "appearance_ms_per_image"]
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_outputs(args.out, rows, [markdown(rows, [(c, "{}") for c in cols])])
     return 0
 
 

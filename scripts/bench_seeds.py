@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ from idcluster.config import load_config
 from idcluster.evaluation import link_sets
 from idcluster.metrics import score
 from idcluster.pipeline import run
+
+from _bench_common import markdown, write_outputs
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 CONFIGS = {
@@ -90,14 +91,9 @@ def main(argv=None) -> int:
                     row["seconds"] = round(time.perf_counter() - t0, 1)
                     rows.append(row)
                     print(row, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     cols = ["set", "seeds_per_character", "config", "bcubed_f1_all", "bcubed_precision_all", "bcubed_f1_unseeded",
             "bcubed_precision_unseeded", "noise_share", "seconds"]
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_outputs(args.out, rows, [markdown(rows, [(c, "{}") for c in cols])])
     return 0
 
 

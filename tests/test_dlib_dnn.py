@@ -4,6 +4,7 @@ checked against dlib's own forward pass on real faces."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from idcluster.detectors.retinaface import RetinaFaceDetector
 from idcluster.embedders.dlib_resnet import DlibEmbedder
 from idcluster.errors import ModelError
 from idcluster.images import load_image
+from idcluster.weights import file_sha256
 
 # Max abs difference allowed between dlib's and our 128-d descriptors (raw, before L2
 # normalisation; their norms are ~1.4). Measured: 3e-7 on the demo faces and LFW.
@@ -92,7 +94,7 @@ def test_flip_averages_the_mirror(demo_set):
 def test_conversion_is_cached_by_the_dat_hash(tmp_path, monkeypatch, embedder):
     monkeypatch.setenv("IDCLUSTER_CACHE", str(tmp_path / "c"))
     path = dlib_dnn.converted_onnx(embedder._rec_path)
-    assert path.parent == tmp_path / "c" / "dlib-onnx" and dlib_dnn.sha256_of(embedder._rec_path) in path.name
+    assert path.parent == tmp_path / "c" / "dlib-onnx" and file_sha256(Path(embedder._rec_path)) in path.name
     monkeypatch.setattr(dlib_dnn, "to_onnx", lambda net: pytest.fail("converted twice"))
     assert dlib_dnn.converted_onnx(embedder._rec_path) == path
 
