@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=Path("benchmarks/out/cache"), help="shared stage cache")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/quality"), help="writes OUT.json and OUT.md")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--labels", action="store_true",
+                    help="also record each image's identity, evidence and score (to compare two versions' labels)")
     args = ap.parse_args(argv)
 
     if not args.eval_root.is_dir():
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
                 row.update(evaluate(result.records, truth, distractors))
                 row["evidence"] = evidence_mix(result.records, truth)
                 row["seconds"] = time.perf_counter() - t0
+                if args.labels:
+                    row["labels"] = {r.rel_path: [r.label, r.evidence, r.evidence_score] for r in result.records}
                 rows.append(row)
                 print(markdown([row]).splitlines()[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
