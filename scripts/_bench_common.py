@@ -19,7 +19,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from idcluster.evaluation import link_sets, read_labels
+from idcluster.experiments.evaluation import link_sets, read_labels
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_ROOT = REPO.parent / "shared" / "eval"

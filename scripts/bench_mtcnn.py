@@ -87,7 +87,7 @@ def agreement(pairs: list) -> dict:
 
 
 def bench_set(dets: dict, reference, folder: Path, limit: int | None) -> dict:
-    from idcluster.images import ImageDecodeError, load_image
+    from idcluster.inputs.images import ImageDecodeError, load_image
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
                    and not any(part.startswith("_") for part in p.relative_to(folder).parts))[:limit]
@@ -125,8 +125,8 @@ def bench_set(dets: dict, reference, folder: Path, limit: int | None) -> dict:
 
 
 def group_photo(dets: dict, repeat: int) -> dict:
-    from idcluster.demo_data import insightface_image
-    from idcluster.images import load_image
+    from idcluster.experiments.demo_data import insightface_image
+    from idcluster.inputs.images import load_image
 
     image = load_image(insightface_image("t1.jpg"))
     out = {}

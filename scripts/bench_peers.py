@@ -2,7 +2,7 @@
 """idcluster against other face-grouping recipes: same images, same machine, same scoring.
 
 Default input: LFW 40 identities + 50 distractor singletons from ../shared/eval.
-Every row is scored by idcluster.evaluation (BCubed and pairwise over all
+Every row is scored by idcluster.experiments.evaluation (BCubed and pairwise over all
 images; faceless or noise images are singletons) and timed end to end as a user
 would run it (a subprocess each; wall, CPU, peak RSS with children).
 
@@ -78,8 +78,8 @@ COLUMNS = [
 
 
 def score(labels: dict[str, int], has_face: dict[str, bool], truth: dict, distractors: tuple) -> dict:
-    """idcluster.evaluation over {rel_path: label}; images a tool never reported are noise."""
-    from idcluster.evaluation import evaluate
+    """idcluster.experiments.evaluation over {rel_path: label}; images a tool never reported are noise."""
+    from idcluster.experiments.evaluation import evaluate
 
     records = [SimpleNamespace(rel_path=rel, label=labels.get(rel, -1), face_index=0 if has_face.get(rel) else None)
                for rel in sorted(truth)]
@@ -199,9 +199,9 @@ def immich_rule(X: np.ndarray, max_distance: float = 0.5, min_faces: int = 3) ->
 
 def idcluster_embeddings(input_dir: Path, cache: Path, embedder: str):
     """Records and embeddings of `embedder` from idcluster's cache (filled by the runs before)."""
-    from idcluster.app import make_spec
-    from idcluster.config import load_config
-    from idcluster.pipeline import run
+    from idcluster.workflows.cluster import make_spec
+    from idcluster.config.compose import load_config
+    from idcluster.pipeline.stages import run
 
     cfg = load_config([f"input_dir={input_dir}", f"cache_dir={cache}", f"embedder={embedder}"])
     threshold = cfg.embedder.get("distance_threshold")

@@ -20,9 +20,9 @@ import numpy as np
 
 from _bench_common import DEFAULT_EVAL_ROOT, REPO, machine_info, markdown, write_outputs
 from idcluster.detectors.retinaface import RetinaFaceDetector
-from idcluster.faces import select_face
-from idcluster.images import ImageDecodeError, load_image
-from idcluster.pose import DLIB68, FIVE_POINT, PoseEstimator
+from idcluster.pipeline.faces import select_face
+from idcluster.inputs.images import ImageDecodeError, load_image
+from idcluster.pose.estimate import DLIB68, FIVE_POINT, PoseEstimator
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".webp", ".bmp"}
 

@@ -1,7 +1,7 @@
 """How fast `idcluster review` opens and answers on a 10,000-image output folder.
 
 The folder is built with idcluster's own scan, export and report code from real
-photos (the demo crops: package-shipped, `idcluster.demo_data`), each copied
+photos (the demo crops: package-shipped, `idcluster.experiments.demo_data`), each copied
 N/56 times with a unique trailer after the image data (so every file has its own
 sha256, as distinct photos would). Detection and embedding are not run (10k
 images take ~15 min here): each face box is the crop's RetinaFace box and each
@@ -34,14 +34,14 @@ from _bench_common import machine_info, markdown, write_outputs
 
 
 def build_folder(root: Path, n_images: int, n_identities: int, dim: int = 128, seed: int = 0) -> Path:
-    from idcluster.demo_data import build_demo_set
+    from idcluster.experiments.demo_data import build_demo_set
     from idcluster.detectors.retinaface import RetinaFaceDetector
-    from idcluster.export import export, write_json_atomic, JSON_NAME
-    from idcluster.images import load_image
-    from idcluster.pipeline import Result
-    from idcluster.report import build_report
+    from idcluster.export.folders import export, write_json_atomic, JSON_NAME
+    from idcluster.inputs.images import load_image
+    from idcluster.pipeline.stages import Result
+    from idcluster.export.report import build_report
     from idcluster.review.store import save_embeddings
-    from idcluster.scan import scan_folder
+    from idcluster.inputs.scan import scan_folder
 
     det = RetinaFaceDetector()
     demo, _ = build_demo_set(root / "demo", det)

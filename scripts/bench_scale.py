@@ -57,9 +57,9 @@ def real_embeddings(eval_root: Path, sets: list[str], cache_dir: Path) -> tuple[
     """(embeddings, identity per row, the embedder's distance_threshold) from idcluster's default pipeline."""
     import tempfile
 
-    from idcluster import pipeline
-    from idcluster.app import make_spec
-    from idcluster.config import load_config
+    from idcluster.pipeline import stages as pipeline
+    from idcluster.workflows.cluster import make_spec
+    from idcluster.config.compose import load_config
     from _bench_common import link_input
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,8 +147,8 @@ def similarity_quantiles(X: np.ndarray, y: np.ndarray, sample: int = 2000, seed:
 def _fit(queue, data_path: str, name: str, params: dict):
     import numpy as np
 
-    from idcluster.clusterers import ChineseWhispers
-    from idcluster.knn_graph import KNNGraph
+    from idcluster.clustering.clusterers import ChineseWhispers
+    from idcluster.clustering.knn_graph import KNNGraph
 
     z = np.load(data_path)
     X = z["X"]
@@ -181,7 +181,7 @@ def measured_fit(data_path: str, name: str, params: dict, timeout: float) -> dic
 
 
 def bench_size(X: np.ndarray, y: np.ndarray, threshold: float, exact: bool, timeout: float, tmp: Path, k: int) -> list[dict]:
-    from idcluster.metrics import bcubed_prf, noise_as_singletons
+    from idcluster.experiments.metrics import bcubed_prf, noise_as_singletons
 
     path = tmp / f"data_{len(X)}.npz"
     np.savez(path, X=X)
@@ -224,8 +224,8 @@ def bench_cache(n: int, root: Path) -> dict:
     import shutil
     import subprocess
 
-    from idcluster.cache import StageCache, cache_key
-    from idcluster.pipeline import DETECT, EMBED
+    from idcluster.cache.store import StageCache, cache_key
+    from idcluster.pipeline.stages import DETECT, EMBED
 
     cache = StageCache(root)
     rng = np.random.default_rng(0)

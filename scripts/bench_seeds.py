@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from idcluster.app import make_spec
-from idcluster.config import load_config
-from idcluster.evaluation import link_sets
-from idcluster.metrics import score
-from idcluster.pipeline import run
+from idcluster.workflows.cluster import make_spec
+from idcluster.config.compose import load_config
+from idcluster.experiments.evaluation import link_sets
+from idcluster.experiments.metrics import score
+from idcluster.pipeline.stages import run
 
 from _bench_common import markdown, write_outputs
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from idcluster import pipeline
-from idcluster.app import make_spec
-from idcluster.config import build, load_config
-from idcluster.evaluation import evaluate, link_sets
+from idcluster.pipeline import stages as pipeline
+from idcluster.workflows.cluster import make_spec
+from idcluster.config.compose import build, load_config
+from idcluster.experiments.evaluation import evaluate, link_sets
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 CLUSTERERS = ("dbscan", "agglomerative", "chinese_whispers")

@@ -20,11 +20,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from idcluster.app import make_spec
-from idcluster.config import load_config
+from idcluster.workflows.cluster import make_spec
+from idcluster.config.compose import load_config
 from idcluster.errors import InputError
-from idcluster.evaluation import evaluate, link_sets
-from idcluster.pipeline import run
+from idcluster.experiments.evaluation import evaluate, link_sets
+from idcluster.pipeline.stages import run
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 COLUMNS = [

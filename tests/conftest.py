@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from idcluster.config import load_config
-from idcluster.demo_data import build_demo_set
+from idcluster.config.compose import load_config
+from idcluster.experiments.demo_data import build_demo_set
 from idcluster.detectors.retinaface import RetinaFaceDetector
 
 # IDCLUSTER_EVAL_ROOT points elsewhere (e.g. from a git worktree that is not beside shared/).

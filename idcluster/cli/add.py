@@ -1,6 +1,6 @@
 from typing import Optional
 
-from ..incremental import add_images
+from ..workflows.add import add_images
 from .common import Overrides, Quiet, handle_errors, load, out
 
 

@@ -22,7 +22,7 @@ def _root(overrides: Optional[list[str]]) -> Path:
 @handle_errors
 def info(overrides: Optional[list[str]] = Overrides) -> None:
     """Where the cache is, and its entries and size per stage."""
-    from ..cache_maintenance import human_size, info as cache_info
+    from ..cache.maintenance import human_size, info as cache_info
 
     root = _root(overrides)
     if not root.exists():
@@ -48,7 +48,7 @@ def prune(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
 ) -> None:
     """Remove old cache entries (least recently used first); never touches anything outside the cache."""
-    from ..cache_maintenance import human_size, parse_age, parse_size, prune as cache_prune
+    from ..cache.maintenance import human_size, parse_age, parse_size, prune as cache_prune
 
     age = parse_age(older_than) if older_than else None
     size = parse_size(max_size) if max_size else None

@@ -2,8 +2,8 @@ from typing import Optional
 
 import typer
 
-from .. import app
-from ..sweep import run_sweep
+from ..workflows import cluster as app
+from ..experiments.sweep import run_sweep
 from .common import Overrides, Quiet, handle_errors, load, out
 from .sweep import sweep_overrides
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from ..config import GROUPS, default_options, group_options
+from ..config.compose import GROUPS, default_options, group_options
 from ..errors import IdclusterError
 
 out = Console(soft_wrap=True)  # long paths and commands stay on one line (copy-paste)
@@ -66,7 +66,7 @@ STATE: dict = {"project": None}
 
 
 def project():
-    from ..project import load_project
+    from ..config.project import load_project
 
     return load_project(STATE["project"])
 
@@ -75,8 +75,8 @@ def load(overrides: Optional[list[str]], *front: str, require_input: bool = True
     """The run config: conf/ < project defaults < `front` (a command's own) < CLI overrides.
 
     require_input=False for commands that read an earlier output (its JSON) instead of input_dir."""
-    from ..config import load_config
-    from ..project import resolve
+    from ..config.compose import load_config
+    from ..config.project import resolve
 
     defaults, explicit = resolve(project(), [*front, *(overrides or [])])
     return load_config(explicit, defaults=defaults, require_input=require_input)

@@ -4,10 +4,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .. import app
-from ..config import build
-from ..demo_data import build_demo_set
-from ..metrics import score
+from ..workflows import cluster as app
+from ..config.compose import build
+from ..experiments.demo_data import build_demo_set
+from ..experiments.metrics import score
 from .common import Overrides, Quiet, handle_errors, load, out
 
 

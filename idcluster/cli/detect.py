@@ -1,7 +1,7 @@
 from typing import Optional
 
-from ..app import run_stage
-from ..report import statistics
+from ..workflows.cluster import run_stage
+from ..export.report import statistics
 from .common import Overrides, Quiet, handle_errors, load, out
 
 

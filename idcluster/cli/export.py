@@ -2,11 +2,11 @@ from typing import Optional
 
 from rich.table import Table
 
-from .. import app
-from ..config import require_input_dir
-from ..exporters import check_format, training_set
-from ..identities import read_report
-from ..locking import output_lock
+from ..workflows import cluster as app
+from ..config.compose import require_input_dir
+from ..export.training_set import check_format, training_set
+from ..export.identities import read_report
+from ..export.locking import output_lock
 from .common import Overrides, Quiet, handle_errors, load, out
 
 

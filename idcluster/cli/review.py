@@ -46,7 +46,7 @@ def review(
     """Fix identities in a local web page: merge, split, move, rename, hide, undo; later runs keep the fixes."""
     import uvicorn
 
-    from ..locking import output_lock
+    from ..export.locking import output_lock
     from ..review.server import create_app
     from ..review.store import ReviewStore
 

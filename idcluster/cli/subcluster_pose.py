@@ -2,9 +2,9 @@ from typing import Optional
 
 from rich.table import Table
 
-from .. import tracking
-from ..pose_split import subcluster_pose as split
-from ..pose_split import view_order
+from ..experiments import tracking
+from ..pose.views import subcluster_pose as split
+from ..pose.views import view_order
 from .common import Overrides, Quiet, handle_errors, load, out
 
 IDENTITY = "identity="

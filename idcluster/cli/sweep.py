@@ -3,8 +3,8 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
-from ..project import resolve
-from ..sweep import run_sweep
+from ..config.project import resolve
+from ..experiments.sweep import run_sweep
 from .common import Overrides, Quiet, handle_errors, out, project
 
 

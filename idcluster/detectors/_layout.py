@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..align import ARCFACE_112
+from ..embedders.align import ARCFACE_112
 
 # (x, y) as fractions of the box width/height, image-left eye first.
 RETINAFACE_BOX = np.array([[0.2683, 0.3888], [0.7317, 0.3888], [0.5, 0.5874], [0.3057, 0.7389], [0.6943, 0.7389]], np.float32)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..records import Face
-from ..weights import file_sha256
+from ..models.weights import file_sha256
 
 
 class _Imaging42(ctypes.Structure):

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..records import Face
-from ..weights import file_sha256, package_file
+from ..models.weights import file_sha256, package_file
 from ._layout import LBP_CASCADE_BOX, landmarks_in_box
 
 DEFAULT_CASCADE = "lbp_frontalface"

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
-from ..extras import require
+from ..models.extras import require
 from ..records import Face
-from ..runtime import torch_device
-from ..weights import file_sha256, package_file
+from ..models.runtime import torch_device
+from ..models.weights import file_sha256, package_file
 
 BACKENDS = ("onnx", "torch")
 

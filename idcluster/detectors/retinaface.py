@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..records import Face
-from ..runtime import onnx_or_torch_session
+from ..models.runtime import onnx_or_torch_session
 
 # BGR channel means the model was trained with (retinaface.preprocess.MEAN).
 _MEAN_BGR = np.array([104.0, 117.0, 127.0], dtype=np.float32)

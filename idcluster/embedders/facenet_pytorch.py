@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..align import warp_to_template
+from .align import warp_to_template
 from ..errors import ConfigError, ModelError
 from ..records import Face
-from ..runtime import torch_device
-from ..weights import file_sha256
+from ..models.runtime import torch_device
+from ..models.weights import file_sha256
 
 RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 WEIGHTS = {"vggface2": "20180402-114759-vggface2.pt", "casia-webface": "20180408-102900-casia-webface.pt"}
@@ -57,7 +57,7 @@ class FaceNetPytorchEmbedder:
 
     def weights_path(self):
         if self._path is None:
-            from ..model_store import find_torch_checkpoint
+            from ..models.lookup import find_torch_checkpoint
 
             name = WEIGHTS[self.pretrained]
             self._path = find_torch_checkpoint(name, RELEASE + name, self.weights, "embedder.weights", download=self.download)
@@ -70,7 +70,7 @@ class FaceNetPytorchEmbedder:
 
     def _get_net(self):
         if self._net is None:
-            from ..extras import require
+            from ..models.extras import require
 
             _, torch = require("torch", "embedder=facenet_pytorch", ("facenet_pytorch", "torch"))
             from facenet_pytorch import InceptionResnetV1

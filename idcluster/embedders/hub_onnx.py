@@ -27,10 +27,10 @@ import cv2
 import numpy as np
 
 from ..errors import ModelError
-from ..model_store import reachable
+from ..models.lookup import reachable
 from ..records import Face
-from ..runtime import onnx_session
-from ..weights import file_sha256
+from ..models.runtime import onnx_session
+from ..models.weights import file_sha256
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)

@@ -25,9 +25,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import IdclusterError
-from . import decisions as D
+from ..evidence import decisions as D
 from .store import ReviewStore
-from ..cache import StageCache
+from ..cache.store import StageCache
 from .thumbs import face_thumbnail
 
 COOKIE = "idcluster_review"

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import records as R
-from ..cache import StageCache, cache_key, default_cache_dir
+from ..cache.store import StageCache, cache_key, default_cache_dir
 from ..errors import InputError
-from ..export import FACES as FACES_DIR, JSON_NAME, NOISE as NOISE_DIR, _Linker, flat_name, identity_folder, write_json_atomic
-from ..report import FORMAT_VERSION
-from . import decisions as D
+from ..export.folders import FACES as FACES_DIR, JSON_NAME, NOISE as NOISE_DIR, _Linker, flat_name, identity_folder, write_json_atomic
+from ..export.report import FORMAT_VERSION
+from ..evidence import decisions as D
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import io
 
 from PIL import Image
 
-from ..cache import StageCache, cache_key
-from ..images import ImageDecodeError, load_image
+from ..cache.store import StageCache, cache_key
+from ..inputs.images import ImageDecodeError, load_image
 
 THUMBS = "review-thumbs-v1"
 SIZE = 128  # px, square; shown at up to 128 css px

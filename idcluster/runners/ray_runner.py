@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _import_ray():
-    from ..extras import require
+    from ..models.extras import require
 
     (ray,) = require("ray", "runner=ray")
     return ray

@@ -1,0 +1,1 @@
+"""Clusterers, the kNN graph, constraints and the shared post-processing."""

@@ -1,0 +1,1 @@
+"""Config: Hydra compose at the edge, the TOML project file."""

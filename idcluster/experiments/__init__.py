@@ -1,0 +1,1 @@
+"""Sweeps, MLflow tracking, metrics, evaluation against labels, demo data."""

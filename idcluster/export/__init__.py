@@ -1,0 +1,1 @@
+"""The output: identity folders and identity_clustering.json, training sets, contact sheets."""

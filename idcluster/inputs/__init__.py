@@ -1,0 +1,1 @@
+"""Inputs: scanning the input folder, content hashes, decoding images."""

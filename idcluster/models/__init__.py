@@ -1,0 +1,1 @@
+"""Finding, downloading, converting and running model weights."""

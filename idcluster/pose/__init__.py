@@ -1,0 +1,1 @@
+"""Head pose per face and the views it falls into."""

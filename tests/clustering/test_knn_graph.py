@@ -1,0 +1,194 @@
+"""kNN-graph clustering: same answers as the exact radius graph, approximate indexes, large-n plumbing."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from idcluster.clustering.clusterers import HDBSCAN, ChineseWhispers, _centres, enforce_cannot_link, reassign_noise
+from idcluster.clustering.knn_graph import KNNGraph, chinese_whispers, nearest_neighbours, similarity_graph
+from idcluster.experiments.metrics import bcubed_prf
+from idcluster.pipeline.stages import _relabel_by_size
+
+
+def identities(n_ids=300, per_id=6, dim=64, spread=0.025, seed=0):
+    """Unit vectors around random identity centres: within-identity cosine distance ~0.04, between ~1."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(n_ids, dim))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    X = np.repeat(c, per_id, axis=0) + rng.normal(0, spread, (n_ids * per_id, dim))
+    return X / np.linalg.norm(X, axis=1, keepdims=True), np.repeat(np.arange(n_ids), per_id)
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf", "hnsw"])
+def test_every_index_recovers_identities(index):
+    X, y = identities()
+    labels = KNNGraph(distance_threshold=0.2, index=index, k=10).fit_predict(X)
+    assert bcubed_prf(y, labels)[2] >= 0.99
+
+
+def test_exact_knn_matches_brute_force_neighbours():
+    X, _ = identities(n_ids=50, per_id=4)
+    sims, idx = nearest_neighbours(X, 5, "flat")
+    S = X @ X.T
+    assert np.allclose(sims, -np.sort(-S, axis=1)[:, :5], atol=1e-5)
+
+
+def test_graph_keeps_only_edges_above_the_threshold_and_is_symmetric():
+    X, _ = identities(n_ids=20, per_id=5)
+    sims, idx = nearest_neighbours(X, 8, "flat")
+    g = similarity_graph(sims, idx, 0.9)
+    assert (g != g.T).nnz == 0
+    assert g.diagonal().sum() == 0
+    assert (g.data >= 0.9).all()
+    rows, cols = g.nonzero()
+    assert np.allclose(g.data, np.einsum("ij,ij->i", X[rows], X[cols]), atol=1e-5)
+
+
+def test_vectorised_whispers_agrees_with_the_per_node_version():
+    """Same graph (k large enough to hold every within-threshold pair): same partition quality."""
+    X, y = identities(n_ids=150, per_id=8, spread=0.05)
+    ours = KNNGraph(distance_threshold=0.3, k=40, index="flat").fit_predict(X)
+    reference = ChineseWhispers(distance_threshold=0.3).fit_predict(X)
+    assert bcubed_prf(reference, ours)[2] >= 0.99
+    assert bcubed_prf(y, ours)[2] == pytest.approx(bcubed_prf(y, reference)[2], abs=0.01)
+
+
+def test_whispers_splits_two_cliques_joined_by_one_edge():
+    from scipy.sparse import csr_matrix
+
+    n = 10
+    A = np.zeros((n, n))
+    A[:5, :5] = A[5:, 5:] = 1.0
+    np.fill_diagonal(A, 0)
+    A[4, 5] = A[5, 4] = 1.0
+    labels = chinese_whispers(csr_matrix(A))
+    assert len(set(labels[:5])) == len(set(labels[5:])) == 1 and labels[0] != labels[9]
+
+
+def test_cannot_link_and_noise_reassignment_apply():
+    X, y = identities(n_ids=10, per_id=6)
+    groups = np.arange(len(X))
+    groups[1] = groups[0]
+    labels = KNNGraph(distance_threshold=0.2, k=10).fit_predict(X, groups=groups)
+    assert (labels[[0, 1]] >= 0).sum() == 1
+
+
+def test_rejects_unknown_options():
+    X, _ = identities(n_ids=5, per_id=3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        KNNGraph(method="louvain").fit_predict(X)
+    with pytest.raises(ValueError, match="index must be one of"):
+        KNNGraph(index="annoy").fit_predict(X)
+
+
+@pytest.mark.scale
+def test_leiden_recovers_identities():
+    pytest.importorskip("leidenalg")
+    X, y = identities(n_ids=50)
+    labels = KNNGraph(distance_threshold=0.2, k=10, method="leiden").fit_predict(X)
+    assert bcubed_prf(y, labels)[2] >= 0.99
+
+
+def test_hdbscan_switches_to_the_knn_graph_above_its_limit(caplog):
+    X, y = identities(n_ids=40, per_id=5)
+    with caplog.at_level(logging.INFO, logger="idcluster"):
+        labels = HDBSCAN(min_cluster_size=3, knn_graph_above=100, distance_threshold=0.2).fit_predict(X)
+    assert "knn_graph_above=100" in caplog.text
+    assert bcubed_prf(y, labels)[2] >= 0.99
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="idcluster"):
+        HDBSCAN(min_cluster_size=3, knn_graph_above=1000).fit_predict(X)
+    assert "knn_graph" not in caplog.text
+
+
+# ---------------------------------------------------------------- vectorised post-processing = the loops it replaced
+
+
+def _loop_centres(Xn, labels):
+    ids = np.unique(labels[labels >= 0])
+    c = np.stack([Xn[labels == i].mean(axis=0) for i in ids])
+    return ids, c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def _loop_cannot_link(Xn, labels, groups, keep=None):
+    labels, groups = labels.copy(), np.asarray(groups)
+    for cid, centre in zip(*_loop_centres(Xn, labels)):
+        members = np.flatnonzero(labels == cid)
+        sims = Xn[members] @ centre
+        if keep is not None:
+            sims = np.where(keep[members], np.inf, sims)
+        seen = set()
+        for m in members[np.argsort(-sims, kind="stable")]:
+            if groups[m] in seen:
+                labels[m] = -1
+            seen.add(groups[m])
+    return labels
+
+
+def _loop_reassign(Xn, labels, min_similarity, groups, forbidden=None):
+    labels = labels.copy()
+    ids, centres = _loop_centres(Xn, labels)
+    noise = np.flatnonzero(labels < 0)
+    sims = Xn[noise] @ centres.T
+    for row, n in enumerate(noise):
+        taken = set(labels[(groups == groups[n]) & (labels >= 0)].tolist())
+        taken |= {int(labels[m]) for m in (forbidden or {}).get(n, ()) if labels[m] >= 0}
+        sims[row, np.isin(ids, list(taken))] = -np.inf
+    best = sims.argmax(axis=1)
+    ok = sims[np.arange(len(noise)), best] >= min_similarity
+    labels[noise[ok]] = ids[best[ok]]
+    return labels
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_vectorised_post_processing_equals_the_per_cluster_loops(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 2000))
+    X = rng.normal(size=(n, 8))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    labels = rng.integers(-1, int(rng.integers(2, 40)), n)
+    groups = rng.integers(0, max(2, n // 2), n)
+    ids, c = _centres(X, labels)
+    assert np.allclose(c, _loop_centres(X, labels)[1])
+    kept = enforce_cannot_link(X, labels, groups)
+    assert (kept == _loop_cannot_link(X, labels, groups)).all()
+    assert (reassign_noise(X, kept, 0.2, groups) == _loop_reassign(X, kept, 0.2, groups)).all()
+    keep = rng.random(n) < 0.05  # must-linked rows win their same-image contest
+    kept = enforce_cannot_link(X, labels, groups, keep=keep)
+    reference = _loop_cannot_link(X, labels, groups, keep=keep)
+    assert (kept == reference).all()
+    pairs = rng.integers(0, n, (20, 2))
+    forbidden = {}
+    for a, b in pairs:
+        forbidden.setdefault(int(a), set()).add(int(b))
+        forbidden.setdefault(int(b), set()).add(int(a))
+    assert (reassign_noise(X, kept, 0.2, groups, forbidden=forbidden)
+            == _loop_reassign(X, kept, 0.2, groups, forbidden)).all()
+
+
+def test_relabel_by_size_orders_by_size_then_first_seen():
+    assert _relabel_by_size(np.array([5, 2, 2, -1, 5, 7, 7, 7])).tolist() == [1, 2, 2, -1, 1, 0, 0, 0]
+
+
+@pytest.mark.slow
+def test_bench_scale_quick_writes_json_and_a_table(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_scale.py"
+    for args, key in ((["--quick"], "results"), (["--cache-entries", "200"], "cache")):
+        out = tmp_path / key
+        proc = subprocess.run([sys.executable, str(script), *args, "--out", str(out)], capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        data = json.loads(out.with_suffix(".json").read_text())
+        assert data[key]
+        assert out.with_suffix(".md").read_text().startswith("| ")
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert {r["clusterer"] for r in rows} == {"knn_graph", "chinese_whispers"}
+    assert all(r["status"] == "ok" and r["bcubed_f1_truth"] > 0.9 for r in rows)

@@ -1,0 +1,108 @@
+"""Config composition (Hydra compose API): every option builds, bad input is one ConfigError line."""
+
+import re
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from idcluster.config.compose import GROUPS, ConfigError, build, group_options, load_config, params
+
+ALL_OPTIONS = [(g, o) for g in GROUPS for o in group_options(g)]
+
+
+def test_groups_have_options():
+    assert GROUPS == ("detector", "embedder", "reducer", "clusterer")
+    for g in GROUPS:
+        assert group_options(g), f"no options for {g}"
+    assert {"retinaface"} <= set(group_options("detector"))
+    assert {"dlib", "facenet"} <= set(group_options("embedder"))
+
+
+@pytest.mark.parametrize("group, option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_every_option_composes_and_builds(group, option):
+    cfg = load_config(["input_dir=x", f"{group}={option}"])
+    assert cfg.input_dir == "x"
+    target = cfg[group]._target_
+    obj = build(cfg, group)
+    assert f"{type(obj).__module__}.{type(obj).__name__}".startswith(target.rsplit(".", 1)[0])
+    assert type(obj).__name__ == target.rsplit(".", 1)[-1]
+
+
+@pytest.mark.parametrize("option", group_options("reducer"))
+def test_reducers_fit_transform(option):
+    reducer = build(load_config(["input_dir=x", f"reducer={option}"]), "reducer")
+    x = np.random.default_rng(0).normal(size=(64, 64))
+    out = reducer.fit_transform(x)
+    assert out.shape[0] == 64
+
+
+@pytest.mark.parametrize("option", group_options("clusterer"))
+def test_clusterers_fit_predict(option):
+    clusterer = build(load_config(["input_dir=x", f"clusterer={option}"]), "clusterer")
+    rng = np.random.default_rng(0)
+    # Two tight groups of directions, like L2-normalised embeddings of two people.
+    centres = np.eye(8)[[0, 1]]
+    x = np.concatenate([centres[0] + rng.normal(0, 0.01, (20, 8)), centres[1] + rng.normal(0, 0.01, (20, 8))])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = clusterer.fit_predict(x)
+    assert labels.shape == (40,)
+    assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1 and labels[0] != labels[20]
+
+
+def _error(overrides, **kw) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides, **kw)
+    msg = str(info.value)
+    assert "\n" not in msg  # the CLI prints it as one line
+    return msg
+
+
+def test_unknown_group_option():
+    msg = _error(["input_dir=x", "reducer=nope"])
+    assert re.match(re.escape("bad override: In 'config': Could not find 'reducer/nope'"), msg)
+    assert "Available options in 'reducer': none pca" in msg
+    assert "Config search path" not in msg
+
+
+def test_unknown_key():
+    msg = _error(["input_dir=x", "nokey=1"])
+    assert msg == "bad override: Could not override 'nokey'. To append to your config use +nokey=1"
+    msg = _error(["input_dir=x", "clusterer.nokey=1"])
+    assert msg.startswith("bad override: Could not override 'clusterer.nokey'.")
+
+
+@pytest.mark.parametrize("override", ["input_dir", "=="])
+def test_malformed_override(override):
+    with pytest.raises(ConfigError, match=re.escape(f"bad override: Error parsing override '{override}'")):
+        load_config(["input_dir=x", override])
+
+
+def test_missing_input_dir():
+    with pytest.raises(ConfigError, match=r"^input_dir is required: add input_dir=path/to/images$"):
+        load_config([])
+    cfg = load_config([], require_input=False)
+    assert OmegaConf.is_missing(cfg, "input_dir")
+
+
+def test_unknown_parameter_fails_at_build():
+    cfg = load_config(["input_dir=x", "+clusterer.bogus=1"])
+    with pytest.raises(ConfigError, match=r"^cannot build clusterer from config: .*unexpected keyword argument 'bogus'"):
+        build(cfg, "clusterer")
+
+
+def test_params_drop_runtime_keys():
+    cpu = load_config(["input_dir=x", "device=cpu", "detector.threads=0"])
+    gpu = load_config(["input_dir=x", "device=cuda", "detector.threads=4"])
+    assert gpu.detector.device == "cuda" and cpu.detector.device == "cpu"  # interpolation resolved
+    for group in ("detector", "embedder"):
+        p = params(cpu, group)
+        assert "device" not in p and "threads" not in p
+        assert p == params(gpu, group)  # device/threads do not change cache params
+        assert p["_target_"] == cpu[group]._target_  # a different model is a different key
+    facenet = load_config(["input_dir=x", "embedder=facenet", "device=cuda"])
+    assert "device" not in params(facenet, "embedder") and facenet.embedder.device == "cuda"
+    # A result-changing option does change params.
+    strict = load_config(["input_dir=x", "detector.score_threshold=0.5"])
+    assert params(strict, "detector") != params(cpu, "detector")
+    assert params(strict, "detector")["score_threshold"] == 0.5
