@@ -5,7 +5,7 @@ from rich.table import Table
 from ..workflows import cluster as app
 from ..config.compose import require_input_dir
 from ..export.training_set import check_format, training_set
-from ..export.identities import read_report
+from ..export.report import read_report
 from ..export.locking import output_lock
 from .common import Overrides, Quiet, handle_errors, load, out
 

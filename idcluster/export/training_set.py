@@ -13,9 +13,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, InputError
-from .identities import identities, read_report
+from .identities import identities
 from .imaging import Sizing
 from .kohya import KohyaSettings, export_kohya
+from .report import read_report
 
 FORMATS = ("folders", "kohya")
 

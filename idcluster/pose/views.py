@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import estimate as P
 from ..cache.store import StageCache
 from ..errors import ConfigError, InputError
-from ..export.folders import JSON_NAME, Linker, check_mode, flat_name, write_json_atomic
-from ..export.identities import Identity, Member, identities, read_report, select
+from ..export.identities import Identity, Member, identities, select
 from ..export.locking import output_lock
+from ..export.report import JSON_NAME, Linker, check_mode, flat_name, read_report, write_report
 from ..progress import stage_bar
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def _split(cfg: DictConfig, output_dir: Path, identity: str | None, progress: bo
     report["pose"] = summary
     sheets = write_view_sheets(chosen, by_view, root / SHEETS)
     summary["contact_sheets"] = [str(p) for p in sheets]
-    write_json_atomic(output_dir / JSON_NAME, report)
+    write_report(output_dir, report)
     return {"views": table, "sheets": sheets, "centres": centres, "root": root}
 
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -27,30 +25,15 @@ import numpy as np
 from .. import records as R
 from ..cache.store import StageCache, cache_key, default_cache_dir
 from ..errors import InputError
-from ..export.folders import FACES as FACES_DIR, JSON_NAME, NOISE as NOISE_DIR, _Linker, flat_name, identity_folder, write_json_atomic
-from ..export.report import FORMAT_VERSION
+from ..export.report import (FACES as FACES_DIR, NOISE as NOISE_DIR, JSON_NAME, Linker, flat_name, identity_folders,
+                             identity_number, read_report, write_report)
 from ..evidence import decisions as D
 
 log = logging.getLogger(__name__)
 
 EMBEDDINGS = "review-embeddings-v1"  # cache namespace of the face vectors the review ranks by
-_IDENT_DIR = re.compile(r"^identity_(\d{3,})(_[^/]*)?$")
 TMP_PREFIX = ".tmp-review-"
 REVIEW_NOISE = "review_noise"
-
-
-def load_report(output_dir: Path) -> dict:
-    path = Path(output_dir) / JSON_NAME
-    if not path.is_file():
-        raise InputError(f"{path} not found: run `idcluster cluster ... output_dir={output_dir}` first")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path} is not readable JSON ({type(e).__name__}): re-run `idcluster cluster`") from None
-    if not isinstance(report, dict) or report.get("format_version") != FORMAT_VERSION or "images" not in report:
-        raise InputError(f"{path} has format_version {report.get('format_version') if isinstance(report, dict) else None!r}, "
-                         f"this idcluster reads {FORMAT_VERSION}: re-run `idcluster cluster` with this version")
-    return report
 
 
 def base_id(report: dict) -> str:
@@ -86,7 +69,7 @@ class ReviewStore:
         self.output_dir = Path(output_dir).resolve()
         self.journal = Path(journal) if journal else D.default_path(self.output_dir)
         self.lock = threading.RLock()
-        self.report = load_report(self.output_dir)
+        self.report = read_report(self.output_dir)
         self.base_id = base_id(self.report)
         cfg = self.report.get("config") or {}
         # The run's recorded cache (thumbnails and face vectors live there), else the user's default.
@@ -298,9 +281,8 @@ class ReviewStore:
     # ------------------------------------------------------------ materialise
 
     def folder_names(self) -> dict[int, str]:
-        live = sorted(self.state.live_ids())
-        width = max(3, len(str(max(live, default=0))))
-        return {i: identity_folder(i, width, self._ident(i).name) for i in live}
+        live = self.state.live_ids()
+        return identity_folders(live, {i: self._ident(i).name for i in live})
 
     def image_folders(self, names: dict[int, str]) -> list[list[str]]:
         """Folders of every image: its chosen face's identity first, then its other faces'; else noise/."""
@@ -320,16 +302,16 @@ class ReviewStore:
             wanted = self.image_folders(names)
             self._sync_folders(names, wanted)
             if write_json:
-                write_json_atomic(self.output_dir / JSON_NAME, self._report(names, wanted), indent=None)
+                write_report(self.output_dir, self._report(names, wanted), compact=True)
             self._written = self._json_stamp()
 
     @staticmethod
     def _rename_identity_dirs(root: Path, names: dict[int, str]) -> None:
         """Identity folders follow renames (matched by their number)."""
         for p in root.iterdir():
-            m = _IDENT_DIR.match(p.name)
-            if m and p.is_dir() and not p.is_symlink():
-                target = names.get(int(m.group(1)))
+            n = identity_number(p.name)
+            if n is not None and p.is_dir() and not p.is_symlink():
+                target = names.get(n)
                 if target and target != p.name and not (root / target).exists():
                     os.rename(p, root / target)
 
@@ -354,7 +336,7 @@ class ReviewStore:
                     (root / target).mkdir(exist_ok=True)
                     os.rename(d / f, root / target / f)
         for d in dirs:
-            if _IDENT_DIR.match(d.name) and d.name not in names.values():
+            if identity_number(d.name) is not None and d.name not in names.values():
                 try:
                     d.rmdir()
                 except OSError:
@@ -368,14 +350,14 @@ class ReviewStore:
             (out / folder).mkdir(exist_ok=True)
         present: dict[str, set[str]] = {}
         managed = [p for p in out.iterdir() if p.is_dir() and not p.is_symlink()
-                   and (_IDENT_DIR.match(p.name) or p.name == NOISE_DIR)]
+                   and (identity_number(p.name) is not None or p.name == NOISE_DIR)]
         for d in managed:
             for f in os.listdir(d):
                 if f.startswith(TMP_PREFIX):
                     (d / f).unlink(missing_ok=True)
                 else:
                     present.setdefault(f, set()).add(d.name)
-        link = _Linker(self.mode)
+        link = Linker(self.mode)
         # 2. each image: move a copy it no longer needs, else copy one it has, else link the input
         for img, folders in zip(self.images, wanted):
             fname = flat_name(img["rel_path"])
@@ -407,7 +389,7 @@ class ReviewStore:
         # 3. identities emptied by merges or moves disappear
         keep = set(names.values())
         for d in managed:
-            if d.exists() and _IDENT_DIR.match(d.name) and d.name not in keep:
+            if d.exists() and identity_number(d.name) is not None and d.name not in keep:
                 try:
                     d.rmdir()
                 except OSError:

@@ -19,9 +19,10 @@ from ..config.compose import build, params
 from ..errors import ConfigError
 from ..experiments.evaluation import check_labels, evaluate, ground_truth
 from ..experiments.metrics import label_free
-from ..export.folders import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
+from ..export.folders import export, prepare_output
 from ..export.locking import output_lock
-from ..export.report import build_report, print_summary
+from ..export.report import JSON_NAME, build_report, check_mode, write_report
+from ..export.summary import print_summary
 from ..runners import make_runner
 from ..evidence import decisions as review_decisions
 from ..review.store import save_embeddings
@@ -133,7 +134,7 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
         report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(),
                               output_dir.resolve(), meta=meta)
         report["metrics"] = run_metrics(cfg, result)
-        write_json_atomic(output_dir / JSON_NAME, report)
+        write_report(output_dir, report)
         sheet = write_contact_sheet(report, result, output_dir)
         if cfg.export.format != "folders":  # a training set too, read from the JSON just written
             from ..export.training_set import training_set

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from idcluster.workflows import cluster as app
 from idcluster.cli import app as cli_app
 from idcluster.config.compose import load_config
-from idcluster.export.folders import JSON_NAME
+from idcluster.export.report import JSON_NAME
 from idcluster.evidence import decisions as D
 from idcluster.export.locking import output_lock
 from idcluster.review.server import COOKIE, create_app
