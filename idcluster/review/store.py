@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from .. import records as R
-from ..cache.store import StageCache, cache_key, default_cache_dir
+from ..cache.store import cache_key, default_cache_dir
 from ..errors import InputError
+from ..export.face_vectors import load_face_vectors
 from ..export.report import (FACES as FACES_DIR, NOISE as NOISE_DIR, JSON_NAME, Linker, flat_name, identity_folders,
                              identity_number, read_report, write_report)
 from ..evidence import decisions as D
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS = "review-embeddings-v1"  # cache namespace of the face vectors the review ranks by
 TMP_PREFIX = ".tmp-review-"
 REVIEW_NOISE = "review_noise"
 
@@ -41,25 +41,13 @@ def base_id(report: dict) -> str:
     return cache_key(report.get("created"), report.get("cache_keys"))
 
 
-def save_embeddings(cache_dir: Path, key: str, records, embeddings: np.ndarray) -> None:
-    """Face vectors by face key, for centrality, confidence and merge suggestions in the review."""
-    keys = [None] * len(embeddings)
-    for r in records:
-        for k, row in r.face_rows.items():
-            keys[row] = D.face_key(r.sha256, k)
-    StageCache(cache_dir).put_arrays(EMBEDDINGS, key, vectors=embeddings.astype(np.float16),
-                                     keys=np.array(keys, dtype=str))
-
-
 def load_embeddings(cache_dir: Path, key: str | None) -> dict[str, np.ndarray]:
-    hit = StageCache(cache_dir).get_arrays(EMBEDDINGS, key) if key else None
-    if hit is None:
+    """The run's face vectors (written by `cluster`, export.face_vectors) by face key."""
+    vectors = load_face_vectors(cache_dir, key)
+    if vectors is None:
         log.warning("face vectors of this run are not in the cache (%s): members are ordered by "
                     "clusterer probability and there are no merge suggestions", cache_dir)
-        return {}
-    v = hit["vectors"].astype(np.float32)
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    return dict(zip(hit["keys"].tolist(), v))
+    return vectors or {}
 
 
 class ReviewStore:

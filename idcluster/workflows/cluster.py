@@ -19,13 +19,13 @@ from ..config.compose import build, params
 from ..errors import ConfigError
 from ..experiments.evaluation import check_labels, evaluate, ground_truth
 from ..experiments.metrics import label_free
+from ..export.face_vectors import save_face_vectors
 from ..export.folders import export, prepare_output
 from ..export.locking import output_lock
 from ..export.report import JSON_NAME, build_report, check_mode, write_report
 from ..export.summary import print_summary
 from ..runners import make_runner
 from ..evidence import decisions as review_decisions
-from ..review.store import save_embeddings
 
 log = logging.getLogger(__name__)
 CONTACT_SHEET = "contact_sheet.png"
@@ -129,7 +129,7 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
         prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
         export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress, meta=meta)
         result.timings["export"] = time.perf_counter() - t0
-        save_embeddings(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
+        save_face_vectors(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
         models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
         report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(),
                               output_dir.resolve(), meta=meta)
