@@ -1,7 +1,8 @@
 """The decisions journal: append-only JSON lines in the output folder, keyed by image content.
 
 Every line is one entry. A `base` entry snapshots the clustering a review started
-from (face key -> identity, names, hidden, reviewed); action entries after it
+from (face key -> identity, names, hidden, reviewed, and where images without a
+clustered face were placed); action entries after it
 (`move`, `rename`, `hide`, `dismiss`, `undo`, `redo`) replay on top of it. A face
 key is "<image sha256>:<face index>", never a file name or a cluster number, so
 decisions survive renames and re-clustering.
@@ -111,10 +112,15 @@ class State:
         return {v for v in self._by_ident() if v != NOISE}
 
 
-def base_entry(base_id: str, assign: dict[str, int], clusters: list[dict]) -> dict:
+def base_entry(base_id: str, assign: dict[str, int], clusters: list[dict], placed: dict[str, int] | None = None) -> dict:
+    """placed: image sha256 -> identity of the images the run placed without a clustered face
+    (appearance, seeds, tracks); the review keeps them there while that identity lives."""
     idents = [{"id": int(c["cluster"]), "name": c.get("name"), "hidden": bool(c.get("hidden", False)),
                "reviewed": bool(c.get("reviewed", False))} for c in clusters]
-    return {"op": "base", "base": base_id, "assign": assign, "identities": idents}
+    entry = {"op": "base", "base": base_id, "assign": assign, "identities": idents}
+    if placed:
+        entry["placed"] = placed
+    return entry
 
 
 def state_from_base(entry: dict) -> State:
