@@ -48,10 +48,13 @@ class Project:
 
 
 def _root_keys() -> set[str]:
+    """Top-level config keys, config groups included ([defaults.export.names], [defaults.pose])."""
     import yaml
 
     with open(conf_dir() / "config.yaml") as f:
-        return {k for k in yaml.safe_load(f) if k != "defaults"}
+        data = yaml.safe_load(f)
+    groups = {k for d in data.get("defaults", []) if isinstance(d, dict) for k in d}
+    return {k for k in data if k != "defaults"} | groups
 
 
 def _quote(value) -> str:

@@ -24,6 +24,32 @@ from .report import FACES, IDENTITY_DIR, JSON_NAME, NOISE, Linker, flat_name, id
 log = logging.getLogger(__name__)
 
 
+class FoldersExport:
+    """export=folders: identity_NNN/, noise/ (and faces/ with save_faces) beside identity_clustering.json,
+    written by every `cluster` run; `idcluster export` re-materialises them from the cached clustering.
+
+    A format writing more (a training set, ...) subclasses this, sets reads_report and overrides
+    write(); conf/export/<format>.yaml names the class by `_target_` and extends these keys.
+    """
+
+    reads_report = False  # True: `idcluster export` writes this format from the JSON alone (no input_dir)
+
+    def __init__(self, format: str = "folders", mode: str = "copy", save_faces: bool = False,
+                 overwrite: bool = False, names: dict | None = None):
+        self.format = str(format)
+        self.mode = str(mode)  # checked where files are placed (check_mode: an InputError, as always)
+        self.save_faces = bool(save_faces)
+        self.overwrite = bool(overwrite)
+        self.names = {str(k): str(v) for k, v in (names or {}).items()}  # identity -> name (export.names)
+
+    def write(self, output_dir: Path, pose=None, cache_dir: Path | None = None, progress: bool = True) -> dict | None:
+        """What this format writes from output_dir's JSON beyond the folders: nothing."""
+        return None
+
+    def summary(self, done: dict) -> str:
+        return f"wrote {self.format} output to {done.get('dest')}"
+
+
 def _named_folders(output_dir: Path) -> set[str]:
     """Folders of named identities (identity_NNN_<name>) that the earlier export's JSON lists
     (none when that JSON is unreadable: then only unnamed ones are known to be ours)."""

@@ -116,19 +116,15 @@ def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.n
     return Assignment(labels, joined, new_ids)
 
 
-def add_images(cfg, console, progress: bool = True) -> dict:
-    """`idcluster add`: embed cfg.input_dir's images and merge them into the export in cfg.output_dir
-    (holding the output folder's lock, as `cluster` does)."""
-    output_dir = Path(cfg.output_dir).expanduser()
+def add_images(spec: pipeline.Spec, output_dir: Path, distance_threshold: float, mode: str, console,
+               config: dict | None = None) -> dict:
+    """`idcluster add`: embed spec.input_dir's images and merge them into the export in output_dir
+    (holding the output folder's lock, as `cluster` does). distance_threshold: the embedder's calibrated
+    one; mode: export.mode; config: the composed config, recorded with the addition."""
+    output_dir = Path(output_dir)
     read_report(output_dir)  # no earlier export: an error before the lock creates output_dir
     with output_lock(output_dir, "add"):
-        from omegaconf import OmegaConf
-
-        from .cluster import make_spec
-
-        spec = make_spec(cfg, "cluster", progress)
-        return _add_images(spec, output_dir, float(cfg.embedder.distance_threshold), cfg.export.mode, console,
-                           OmegaConf.to_container(cfg, resolve=True))
+        return _add_images(spec, output_dir, float(distance_threshold), mode, console, config or {})
 
 
 def _add_images(spec: pipeline.Spec, output_dir: Path, threshold: float, mode: str, console, config: dict) -> dict:
