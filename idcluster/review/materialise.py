@@ -47,31 +47,29 @@ def faceless_identity(cluster: int, state: D.State) -> int:
     return cluster if cluster in state.live_ids() else D.NOISE
 
 
-def reviewed_report(report: dict, state: D.State, base: dict, names: dict[int, str]) -> dict:
+def reviewed_report(report: dict, state: D.State, names: dict[int, str]) -> dict:
     """identity_clustering.json for the review state: every face's identity, each image's (its chosen
-    face's), noise reasons, identity entries with their names and flags; members and counts regrouped.
-    `base`: the journal's base entry (what the clustering run assigned)."""
+    face's), noise reasons, identity entries with their names and flags; members and counts regrouped."""
     rep = dict(report)
-    placed = base.get("placed") or {}
     images = []
     for img in report["images"]:
         img = dict(img)
         fcs = []
         for fc in img.get("face_clusters") or []:
             c = state.assign.get(D.face_key(img["sha256"], fc["face_index"]), D.NOISE)
-            fcs.append({"face_index": fc["face_index"], "cluster": c, "identity": names.get(c, NOISE)})
+            fcs.append({**fc, "cluster": c, "identity": names.get(c, NOISE)})  # other fields (pose) kept
         img["face_clusters"] = fcs
         chosen = next((fc for fc in fcs if fc["face_index"] == img.get("face_index")), None)
         if chosen is not None:
             img["cluster"], img["identity"] = chosen["cluster"], chosen["identity"]
             if chosen["cluster"] == D.NOISE and img.get("reason") in (None, R.CLUSTER_NOISE, REVIEW_NOISE):
-                ran = int(base["assign"].get(D.face_key(img["sha256"], img["face_index"]), D.NOISE))
+                ran = state.ran.get(D.face_key(img["sha256"], img["face_index"]), D.NOISE)
                 img["reason"], img["detail"] = ((REVIEW_NOISE, "moved to noise in review") if ran != D.NOISE
                                                 else (R.CLUSTER_NOISE, "not close enough to any cluster"))
             elif chosen["cluster"] != D.NOISE and img.get("reason") in (R.CLUSTER_NOISE, REVIEW_NOISE):
                 img["reason"] = img["detail"] = None
-        elif img.get("sha256") in placed or img["cluster"] >= 0:
-            c = faceless_identity(int(placed.get(img["sha256"], img["cluster"])), state)
+        elif img.get("sha256") in state.placed or img["cluster"] >= 0:
+            c = faceless_identity(state.placed.get(img["sha256"], img["cluster"]), state)
             img["cluster"], img["identity"] = c, names.get(c, NOISE)
             if c == D.NOISE:
                 img["reason"], img["detail"] = REVIEW_NOISE, "its identity was emptied in review"

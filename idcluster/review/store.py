@@ -70,6 +70,7 @@ class ReviewStore:
 
     def _open(self) -> None:
         entries = D.read_journal(self.journal, repair=True)
+        assign, placed = self._placements()
         mine = [i for i, e in enumerate(entries) if e.get("op") == "base" and e.get("base") == self.base_id]
         if mine:
             start = mine[-1]
@@ -78,22 +79,36 @@ class ReviewStore:
                 if e.get("op") == "base":  # another run's base after ours: the JSON is older than the journal
                     raise InputError(f"{self.journal} belongs to a later clustering than {self.output_dir / JSON_NAME}: "
                                      "re-run `idcluster cluster` on this folder")
+            known = D.replay(self.epoch_base, [e for e in self.epoch_actions if e["op"] == "extend"])
+            new = {k: c for k, c in assign.items() if k not in known.ran}
+            new_placed = {h: c for h, c in placed.items() if h not in known.placed}
+            if new or new_placed:  # `idcluster add` placed these since this review began: part of its base
+                extend = D.extend_entry(self.base_id, new, new_placed) | self._stamp(len(entries))
+                D.append_entry(self.journal, extend)
+                entries.append(extend)
+                self.epoch_actions.append(extend)
+            self.all_entries = entries
         else:
-            assign = {k: int(fc["cluster"]) for img in self.images
-                      for fc, k in zip(img.get("face_clusters") or [], M.face_keys(img))}
-            # Images placed without a clustered face, as the run placed them (the JSON forgets once reviewed).
-            placed = {img["sha256"]: int(img["cluster"]) for img in self.images
-                      if img.get("sha256") and img["cluster"] >= 0
-                      and img.get("face_index") not in {fc["face_index"] for fc in img.get("face_clusters") or []}}
             self.epoch_base = D.base_entry(self.base_id, assign, self.report["clusters"], placed)
             D.append_entry(self.journal, self.epoch_base)
             self.epoch_actions = []
-        self.all_entries = entries if mine else [*entries, self.epoch_base]
+            self.all_entries = [*entries, self.epoch_base]
         self.state = D.replay(self.epoch_base, self.epoch_actions)
         # The JSON is written after the folders, so a JSON that already reflects the whole
         # journal means the last action finished; the folders are checked either way.
         done = (self.report.get("review") or {}).get("entries") == len(self.all_entries)
         self.materialise(write_json=not done)
+
+    def _placements(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Where the JSON has every clustered face (face key -> identity), and the images placed
+        without a clustered face (sha256 -> identity: the JSON forgets it once reviewed to noise)."""
+        assign, placed = {}, {}
+        for img in self.images:
+            fcs = img.get("face_clusters") or []
+            assign.update({k: int(fc["cluster"]) for fc, k in zip(fcs, M.face_keys(img))})
+            if img.get("sha256") and img["cluster"] >= 0 and img.get("face_index") not in {fc["face_index"] for fc in fcs}:
+                placed[img["sha256"]] = int(img["cluster"])
+        return assign, placed
 
     def dismissed(self) -> list[tuple[list[str], list[str]]]:
         return D.facts(self.all_entries).dismissed
@@ -113,9 +128,10 @@ class ReviewStore:
             return entry
 
     def _entry(self, action: dict) -> dict:
-        entry = entry_for(action, self.state, self.faces, self._ranked)
-        return entry | {"seq": len(self.all_entries), "base": self.base_id,
-                        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        return entry_for(action, self.state, self.faces, self._ranked) | self._stamp(len(self.all_entries))
+
+    def _stamp(self, seq: int) -> dict:
+        return {"seq": seq, "base": self.base_id, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
     def _json_stamp(self) -> tuple[int, int] | None:
         try:
@@ -157,7 +173,7 @@ class ReviewStore:
         """Make the folders and the JSON match the replayed state (idempotent)."""
         with self.lock:
             names = self.folder_names()
-            report = M.reviewed_report(self.report, self.state, self.epoch_base, names)
+            report = M.reviewed_report(self.report, self.state, names)
             M.sync_folders(self.output_dir, report["images"], names, self.mode)
             M.sync_face_crops(self.output_dir, report["images"], names)
             if write_json:
