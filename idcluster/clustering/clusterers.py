@@ -1,15 +1,9 @@
 """Clusterers for L2-normalised face embeddings, in scikit-learn estimator style.
 
-Each wraps a well-kept implementation (scikit-learn, scipy's graph tools) and
-adds what identity clustering needs on top, in one place for all of them:
-
-- `min_cluster_size`: smaller clusters become noise (-1): a one-photo
-  "identity" is not an identity.
-- `cannot_link_same_image`: faces detected in the same image (the `groups`
-  passed to `fit_predict`) never share a cluster: per cluster and image, the
-  face closest to the cluster's centre stays, the others become noise.
-- `reassign_noise`: a noise point joins its nearest cluster when its cosine
-  similarity to that cluster's centre is at least this value (None = off).
+Each wraps a well-kept implementation (scikit-learn, scipy's graph tools); what
+identity clustering needs on top (min_cluster_size, cannot-link per image,
+constraints, noise re-assignment) is the shared post-processing of
+idcluster.clustering.base.
 
 Thresholds are cosine distances (1 - cosine similarity); each embedder config
 states its calibrated `distance_threshold` and the configs interpolate it.
@@ -20,154 +14,17 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn import cluster as skcluster
 from joblib import Memory
-from sklearn.base import BaseEstimator, ClusterMixin
 # HDBSCAN's tree -> labels step; private in scikit-learn, so its version is
 # pinned in pyproject.toml and a test checks labels against HDBSCAN.fit_predict.
 from sklearn.cluster._hdbscan.hdbscan import tree_to_labels
 from sklearn.neighbors import radius_neighbors_graph
 
-from .constraints import Constraints, apply_constraints, cannot_link_map, must_linked_rows
+from .base import _FaceClusterer, mean_pairwise_distance
 
 log = logging.getLogger(__name__)
-
-
-def _unit(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-
-def _centres(Xn: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster ids and unit mean vectors: one sparse (clusters x rows) product, O(n d)."""
-    clustered = np.flatnonzero(labels >= 0)
-    ids, inv, counts = np.unique(labels[clustered], return_inverse=True, return_counts=True)
-    if len(ids) == 0:
-        return ids, np.zeros((0, Xn.shape[1]))
-    member = csr_matrix((np.ones(len(clustered)), (inv.ravel(), clustered)), shape=(len(ids), len(Xn)))
-    return ids, _unit(np.asarray(member @ Xn) / counts[:, None])
-
-
-def drop_small(labels: np.ndarray, min_size: int, keep: np.ndarray | None = None) -> np.ndarray:
-    """Clusters under min_size -> noise, except clusters holding a `keep` row (must-linked)."""
-    labels = labels.copy()
-    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
-    small = ids[counts < min_size]
-    if keep is not None and keep.any():
-        small = np.setdiff1d(small, labels[keep & (labels >= 0)])
-    labels[np.isin(labels, small)] = -1
-    return labels
-
-
-def _group_ids(groups) -> np.ndarray:
-    return np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-
-
-def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups, keep: np.ndarray | None = None) -> np.ndarray:
-    """Per cluster, keep one face per group (a `keep` row first, else the one nearest the
-    centre); the rest -> noise.
-
-    One sort, O(n log n) at any number of clusters: rows ordered by (cluster, group,
-    -similarity to the centre); the first of each (cluster, group) run stays
-    (equal similarities: the lower row stays).
-    """
-    labels = labels.copy()
-    gid = _group_ids(groups)
-    ids, centres = _centres(Xn, labels)
-    rows = np.flatnonzero(labels >= 0)
-    if len(rows) == 0:
-        return labels
-    cidx = np.searchsorted(ids, labels[rows])
-    sims = np.einsum("ij,ij->i", Xn[rows], centres[cidx])
-    if keep is not None:
-        sims = np.where(keep[rows], np.inf, sims)
-    order = np.lexsort((rows, -sims, gid[rows], cidx))
-    c, g = cidx[order], gid[rows][order]
-    repeat = np.zeros(len(order), dtype=bool)
-    repeat[1:] = (c[1:] == c[:-1]) & (g[1:] == g[:-1])
-    labels[rows[order[repeat]]] = -1
-    return labels
-
-
-def _taken(labels: np.ndarray, gid: np.ndarray, noise: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position in `noise`, cluster index) for every cluster that already holds a face of that noise row's image."""
-    rows = np.flatnonzero(labels >= 0)
-    pairs = np.unique(np.stack([gid[rows], np.searchsorted(ids, labels[rows])], axis=1), axis=0)
-    lo = np.searchsorted(pairs[:, 0], gid[noise], side="left")
-    n = np.searchsorted(pairs[:, 0], gid[noise], side="right") - lo
-    offset = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # 0.. n_i-1 within each noise row
-    return np.repeat(np.arange(len(noise)), n), pairs[np.repeat(lo, n) + offset, 1]
-
-
-# Noise rows x clusters similarities are computed in chunks of about this many cells (float64: 128 MB).
-_CHUNK_CELLS = 16_000_000
-
-
-def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, groups=None,
-                   forbidden: dict[int, set[int]] | None = None) -> np.ndarray:
-    """Noise joins its nearest cluster centre when similar enough (never a cluster its image
-    is in, nor one holding a row it is cannot-linked with: `forbidden`).
-
-    Memory stays bounded at any size: the noise x centres similarities go in chunks.
-    """
-    labels = labels.copy()
-    ids, centres = _centres(Xn, labels)
-    noise = np.flatnonzero(labels < 0)
-    if len(ids) == 0 or len(noise) == 0:
-        return labels
-    if groups is not None:
-        pos, cidx = _taken(labels, _group_ids(groups), noise, ids)
-    else:
-        pos, cidx = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if forbidden:  # explicit cannot-links: few, a loop over them only
-        where = {int(n): p for p, n in enumerate(noise)}
-        extra = [(where[n], int(np.searchsorted(ids, labels[m]))) for n, ms in forbidden.items() if n in where
-                 for m in ms if labels[m] >= 0]
-        if extra:
-            e = np.asarray(extra, dtype=np.int64)
-            pos, cidx = np.concatenate([pos, e[:, 0]]), np.concatenate([cidx, e[:, 1]])
-    best = np.empty(len(noise), dtype=np.int64)
-    top = np.empty(len(noise))
-    step = max(1, _CHUNK_CELLS // len(ids))
-    for lo in range(0, len(noise), step):
-        sims = Xn[noise[lo:lo + step]] @ centres.T
-        sel = (pos >= lo) & (pos < lo + step)
-        sims[pos[sel] - lo, cidx[sel]] = -np.inf
-        best[lo:lo + step] = sims.argmax(axis=1)
-        top[lo:lo + step] = sims[np.arange(len(sims)), best[lo:lo + step]]
-    ok = top >= min_similarity
-    labels[noise[ok]] = ids[best[ok]]
-    return labels
-
-
-class _FaceClusterer(ClusterMixin, BaseEstimator):
-    """Shared post-processing; subclasses implement `_cluster(Xn) -> labels`.
-
-    `constraints` (idcluster.clustering.constraints.Constraints over the rows of X: seeds,
-    review decisions, video tracks/frames) are applied here for every clusterer;
-    must-linked rows are never dropped as too small nor lose a same-image contest.
-    """
-
-    def fit(self, X, y=None, groups=None, constraints: Constraints | None = None):
-        Xn = _unit(X)
-        labels = np.asarray(self._cluster(Xn), dtype=np.int64)
-        labels = drop_small(labels, self.min_cluster_size)
-        keep = must_linked_rows(constraints, len(Xn)) if constraints else None
-        labels = apply_constraints(Xn, labels, constraints)
-        if self.cannot_link_same_image and groups is not None:
-            labels = enforce_cannot_link(Xn, labels, groups, keep=keep)
-        if self.reassign_noise is not None:
-            labels = reassign_noise(Xn, labels, float(self.reassign_noise), groups if self.cannot_link_same_image else None,
-                                    forbidden=cannot_link_map(constraints))
-        self.labels_ = drop_small(labels, self.min_cluster_size, keep=keep)
-        if getattr(self, "probabilities_", None) is not None:  # HDBSCAN's, after post-processing
-            self.probabilities_ = np.where(self.labels_ >= 0, self.probabilities_, 0.0)
-        return self
-
-    def fit_predict(self, X, y=None, groups=None, constraints: Constraints | None = None):
-        return self.fit(X, groups=groups, constraints=constraints).labels_
 
 
 # Brute force (a full distance matrix, BLAS) builds HDBSCAN's tree ~15x faster than
@@ -268,16 +125,6 @@ def _tree_to_labels(tree, min_cluster_size, method, allow_single_cluster, eps):
                 "(scikit-learn issue #33219): use cluster_selection_epsilon=0, or clusterer=agglomerative "
                 "with distance_threshold") from None
         raise
-
-
-def mean_pairwise_distance(Xn: np.ndarray) -> float:
-    """Mean cosine distance over the distinct pairs of unit rows, in O(n d): the sum of all
-    pairwise similarities is |sum of rows|^2, less the n self-similarities."""
-    n = len(Xn)
-    if n < 2:
-        return 0.0
-    s = Xn.sum(axis=0)
-    return float(1.0 - (s @ s - n) / (n * (n - 1)))
 
 
 class DBSCAN(_FaceClusterer):

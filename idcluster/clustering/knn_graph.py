@@ -14,7 +14,7 @@ radius graph on dense data or HDBSCAN's brute-force tree):
    neighbours' label weights. `method=components` gives connected components,
    `method=leiden` the Leiden algorithm (leidenalg, extra `idcluster[scale]`).
 
-The shared post-processing of `clusterers._FaceClusterer` (min_cluster_size,
+The shared post-processing of `base._FaceClusterer` (min_cluster_size,
 cannot-link per image, constraints, noise re-assignment) follows, as for every
 clusterer.
 """
@@ -27,7 +27,8 @@ import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .clusterers import _FaceClusterer
+from .base import _FaceClusterer
+from .graph import chinese_whispers, leiden
 
 log = logging.getLogger(__name__)
 
@@ -74,61 +75,6 @@ def similarity_graph(sims: np.ndarray, idx: np.ndarray, min_similarity: float) -
     keep = (cols >= 0) & (cols != rows) & (w >= min_similarity)
     g = coo_matrix((w[keep].astype(np.float64), (rows[keep], cols[keep])), shape=(n, n)).tocsr()
     return g.maximum(g.T).tocsr()  # i in j's list or j in i's: one edge, its similarity
-
-
-def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + l) for each (s, l)."""
-    total = int(lens.sum())
-    return np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
-
-
-def chinese_whispers(graph: csr_matrix, iterations: int = 20, batches: int = 8, seed: int = 0) -> np.ndarray:
-    """Chinese Whispers labels (0..c-1) of a weighted undirected graph, vectorised per batch of nodes.
-
-    Each node takes the label with the largest summed edge weight among its
-    neighbours (ties: the smaller label); isolated nodes keep their own.
-    """
-    n = graph.shape[0]
-    labels = np.arange(n)
-    indptr, indices, data = graph.indptr, graph.indices, graph.data
-    rng = np.random.default_rng(seed)
-    for _ in range(iterations):
-        changed = 0
-        for batch in np.array_split(rng.permutation(n), max(1, batches)):
-            lens = indptr[batch + 1] - indptr[batch]
-            batch, lens = batch[lens > 0], lens[lens > 0]
-            if not len(batch):
-                continue
-            entries = _ranges(indptr[batch], lens)
-            local = np.repeat(np.arange(len(batch)), lens)
-            # Summed weight per (node, neighbour label): coo -> csr adds duplicates; columns sorted.
-            votes = coo_matrix((data[entries], (local, labels[indices[entries]])), shape=(len(batch), n)).tocsr()
-            votes.sum_duplicates()
-            counts = np.diff(votes.indptr)
-            best_w = np.maximum.reduceat(votes.data, votes.indptr[:-1])
-            is_best = votes.data == np.repeat(best_w, counts)
-            row_of = np.repeat(np.arange(len(batch)), counts)
-            first = np.flatnonzero(is_best)
-            first = first[np.unique(row_of[first], return_index=True)[1]]  # smallest label among ties
-            new = votes.indices[first]
-            changed += int((labels[batch] != new).sum())
-            labels[batch] = new
-        if not changed:
-            break
-    return np.unique(labels, return_inverse=True)[1].ravel()
-
-
-def leiden(graph: csr_matrix, resolution: float, seed: int = 0) -> np.ndarray:
-    """Leiden communities (constant Potts model: no resolution limit on 10^6 nodes)."""
-    from ..models.extras import require
-
-    leidenalg, igraph = require("scale", "clusterer.method=leiden")  # one ModelError naming the extra
-    upper = coo_matrix(graph)
-    keep = upper.row < upper.col
-    g = igraph.Graph(n=graph.shape[0], edges=np.stack([upper.row[keep], upper.col[keep]], axis=1).tolist())
-    part = leidenalg.find_partition(g, leidenalg.CPMVertexPartition, weights=upper.data[keep].tolist(),
-                                    resolution_parameter=resolution, seed=seed)
-    return np.asarray(part.membership, dtype=np.int64)
 
 
 class KNNGraph(_FaceClusterer):

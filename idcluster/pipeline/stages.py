@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import records as R
 from ..cache.store import StageCache, cache_key
+from ..clustering.base import relabel_by_size
 from ..clustering.constraints import Constraints
 from ..errors import CacheMiss, InputError, PipelineError
 from .faces import blur_score, select_face
@@ -351,18 +352,6 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
     return vectors
 
 
-def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
-    """Cluster 0 is the largest (ties: first seen), noise stays -1. O(n log n) at any cluster count."""
-    labels = np.asarray(labels, dtype=np.int64)
-    out = np.full(len(labels), -1, dtype=np.int64)
-    rows = np.flatnonzero(labels >= 0)
-    ids, first, inv, counts = np.unique(labels[rows], return_index=True, return_inverse=True, return_counts=True)
-    rank = np.empty(len(ids), dtype=np.int64)
-    rank[np.lexsort((first, -counts))] = np.arange(len(ids))
-    out[rows] = rank[inv.ravel()]
-    return out
-
-
 def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray, constraints: Constraints | None = None) -> np.ndarray:
     """fit_predict, passing the image of each row (cannot-link) and the constraints where
     the clusterer takes them; a plain scikit-learn estimator cannot honour constraints."""
@@ -421,7 +410,7 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
             raw = np.asarray(_fit_predict(spec.clusterer, Z, groups, constraints))
         except ValueError as e:
             raise InputError(f"clusterer failed on {len(Z)} faces: {e}") from None
-        labels = _relabel_by_size(raw)
+        labels = relabel_by_size(raw)
         probs = getattr(spec.clusterer, "probabilities_", None)
         probs = np.where(labels >= 0, 1.0, 0.0) if probs is None else np.asarray(probs, dtype=np.float64)
     cache.put_arrays(CLUSTER, ckey, labels=labels, probabilities=probs)

@@ -100,11 +100,12 @@ def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.n
     if len(rest) >= 2:
         # A threshold graph, not the configured clusterer: the rest is often a handful of faces,
         # too few for density-based clusterers; the configured min_cluster_size still applies.
+        from ..clustering.base import relabel_by_size
         from ..clustering.knn_graph import KNNGraph
 
         graph = KNNGraph(distance_threshold=distance_threshold, min_cluster_size=getattr(clusterer, "min_cluster_size", 2))
         sub = graph.fit_predict(X_new[rest], groups=groups[rest])
-        sub = pipeline._relabel_by_size(sub)
+        sub = relabel_by_size(sub)
         labels[rest[sub >= 0]] = n_old + sub[sub >= 0]
         new_ids = int(sub.max()) + 1 if (sub >= 0).any() else 0
     return Assignment(labels, joined, new_ids)

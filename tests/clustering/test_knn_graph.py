@@ -7,10 +7,11 @@ import logging
 import numpy as np
 import pytest
 
-from idcluster.clustering.clusterers import HDBSCAN, ChineseWhispers, _centres, enforce_cannot_link, reassign_noise
-from idcluster.clustering.knn_graph import KNNGraph, chinese_whispers, nearest_neighbours, similarity_graph
+from idcluster.clustering.base import _centres, enforce_cannot_link, reassign_noise, relabel_by_size
+from idcluster.clustering.clusterers import HDBSCAN, ChineseWhispers
+from idcluster.clustering.graph import chinese_whispers
+from idcluster.clustering.knn_graph import KNNGraph, nearest_neighbours, similarity_graph
 from idcluster.experiments.metrics import bcubed_prf
-from idcluster.pipeline.stages import _relabel_by_size
 
 
 def identities(n_ids=300, per_id=6, dim=64, spread=0.025, seed=0):
@@ -170,7 +171,7 @@ def test_vectorised_post_processing_equals_the_per_cluster_loops(seed):
 
 
 def test_relabel_by_size_orders_by_size_then_first_seen():
-    assert _relabel_by_size(np.array([5, 2, 2, -1, 5, 7, 7, 7])).tolist() == [1, 2, 2, -1, 1, 0, 0, 0]
+    assert relabel_by_size(np.array([5, 2, 2, -1, 5, 7, 7, 7])).tolist() == [1, 2, 2, -1, 1, 0, 0, 0]
 
 
 @pytest.mark.slow
