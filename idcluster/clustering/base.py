@@ -8,30 +8,67 @@
 - `reassign_noise`: a noise point joins its nearest cluster when its cosine
   similarity to that cluster's centre is at least this value (None = off).
 - constraints (idcluster.clustering.constraints) applied the same way for all.
+
+Also here: `centres()`, THE cluster centre (unit mean of the members' vectors)
+that every consumer shares, `relabel_by_size()`, and `what_runs()`, the record
+of which estimator produced a partition with which parameters.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn.base import BaseEstimator, ClusterMixin
 
+from ..errors import ConfigError
 from .constraints import Constraints, cannot_link_map, must_linked_rows, union_groups
 
+log = logging.getLogger(__name__)
 
-def _unit(X: np.ndarray) -> np.ndarray:
+
+class ParameterError(ConfigError, ValueError):
+    """A clusterer parameter outside its allowed values: the user's to fix (a ConfigError, one
+    line), and a ValueError as scikit-learn estimators raise for bad parameters."""
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float64 (a zero row stays zero)."""
     X = np.asarray(X, dtype=np.float64)
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
-def _centres(Xn: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster ids and unit mean vectors: one sparse (clusters x rows) product, O(n d)."""
+def centres(X: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster ids, sorted; their centres): each centre is the unit-length mean of the rows of X
+    labelled with that id (noise, label < 0, belongs to none), float64.
+
+    One sparse (clusters x rows) product, O(n d) at any number of clusters. Rows are used as
+    given: pass unit rows (embeddings are) for the usual cosine centre.
+    """
+    labels = np.asarray(labels)
     clustered = np.flatnonzero(labels >= 0)
     ids, inv, counts = np.unique(labels[clustered], return_inverse=True, return_counts=True)
     if len(ids) == 0:
-        return ids, np.zeros((0, Xn.shape[1]))
-    member = csr_matrix((np.ones(len(clustered)), (inv.ravel(), clustered)), shape=(len(ids), len(Xn)))
-    return ids, _unit(np.asarray(member @ Xn) / counts[:, None])
+        return ids, np.zeros((0, np.shape(X)[1]))
+    member = csr_matrix((np.ones(len(clustered)), (inv.ravel(), clustered)), shape=(len(ids), len(X)))
+    return ids, unit_rows(np.asarray(member @ X) / counts[:, None])
+
+
+def centre(X: np.ndarray) -> np.ndarray:
+    """The centre of all rows of X (one cluster): `centres` with every row in it."""
+    return centres(X, np.zeros(len(X), dtype=np.int64))[1][0]
+
+
+def similarity_to_centre(X: np.ndarray, labels) -> np.ndarray:
+    """Cosine similarity of each (unit) row to its own cluster's centre (noise: -inf)."""
+    labels = np.asarray(labels)
+    sims = np.full(len(labels), -np.inf)
+    ids, c = centres(X, labels)
+    rows = np.flatnonzero(labels >= 0)
+    if len(rows):
+        sims[rows] = np.einsum("ij,ij->i", np.asarray(X[rows], dtype=np.float64), c[np.searchsorted(ids, labels[rows])])
+    return sims
 
 
 def drop_small(labels: np.ndarray, min_size: int, keep: np.ndarray | None = None) -> np.ndarray:
@@ -59,12 +96,12 @@ def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups, keep: np.nda
     """
     labels = labels.copy()
     gid = _group_ids(groups)
-    ids, centres = _centres(Xn, labels)
+    ids, cs = centres(Xn, labels)
     rows = np.flatnonzero(labels >= 0)
     if len(rows) == 0:
         return labels
     cidx = np.searchsorted(ids, labels[rows])
-    sims = np.einsum("ij,ij->i", Xn[rows], centres[cidx])
+    sims = np.einsum("ij,ij->i", Xn[rows], cs[cidx])
     if keep is not None:
         sims = np.where(keep[rows], np.inf, sims)
     order = np.lexsort((rows, -sims, gid[rows], cidx))
@@ -73,6 +110,30 @@ def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups, keep: np.nda
     repeat[1:] = (c[1:] == c[:-1]) & (g[1:] == g[:-1])
     labels[rows[order[repeat]]] = -1
     return labels
+
+
+def keep_compatible(order, cannot: dict[int, set[int]]) -> list[int]:
+    """Rows of `order` (best first) kept greedily: a row stays unless it is cannot-linked
+    (`cannot`, e.g. constraints.cannot_link_map) with a row already kept. For explicit
+    cannot-links between few rows; one group per row at any size is enforce_cannot_link."""
+    kept: list[int] = []
+    taken: set[int] = set()
+    for r in order:
+        r = int(r)
+        if cannot.get(r, set()) & taken:
+            continue
+        kept.append(r)
+        taken.add(r)
+    return kept
+
+
+def separate(D: np.ndarray, constraints: Constraints | None, distance: float = 2.0) -> np.ndarray:
+    """A precomputed distance matrix with every cannot-linked pair set to `distance` (2.0: the
+    largest cosine distance), so average linkage joins such a pair last, if ever. In place."""
+    if constraints and constraints.cannot_link:
+        a, b = np.asarray(constraints.cannot_link, dtype=np.int64).T
+        D[a, b] = D[b, a] = distance
+    return D
 
 
 def _taken(labels: np.ndarray, gid: np.ndarray, noise: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +158,7 @@ def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, gr
     Memory stays bounded at any size: the noise x centres similarities go in chunks.
     """
     labels = labels.copy()
-    ids, centres = _centres(Xn, labels)
+    ids, cs = centres(Xn, labels)
     noise = np.flatnonzero(labels < 0)
     if len(ids) == 0 or len(noise) == 0:
         return labels
@@ -116,7 +177,7 @@ def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, gr
     top = np.empty(len(noise))
     step = max(1, _CHUNK_CELLS // len(ids))
     for lo in range(0, len(noise), step):
-        sims = Xn[noise[lo:lo + step]] @ centres.T
+        sims = Xn[noise[lo:lo + step]] @ cs.T
         sel = (pos >= lo) & (pos < lo + step)
         sims[pos[sel] - lo, cidx[sel]] = -np.inf
         best[lo:lo + step] = sims.argmax(axis=1)
@@ -126,16 +187,52 @@ def reassign_noise(Xn: np.ndarray, labels: np.ndarray, min_similarity: float, gr
     return labels
 
 
-class _FaceClusterer(ClusterMixin, BaseEstimator):
+def describe(estimator) -> dict:
+    """Which estimator, with which parameters (JSON-able; a nested estimator by its class)."""
+    def name(obj) -> str:
+        return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+    params = {k: name(v) if isinstance(v, BaseEstimator) else v for k, v in estimator.get_params(deep=False).items()}
+    return {"estimator": name(estimator), "params": params}
+
+
+def what_runs(clusterer, n_rows: int) -> dict:
+    """describe() of the estimator that partitions n_rows faces, with `faces`: the clusterer itself,
+    or the one it switches to at that size (then also `instead_of` and `because`). Deterministic,
+    so a run read from the cache reports the same as the run that computed it."""
+    chosen, because = clusterer.estimator_for(n_rows) if isinstance(clusterer, FaceClusterer) else (clusterer, None)
+    out = {**describe(chosen), "faces": int(n_rows)}
+    if chosen is not clusterer:
+        out.update(instead_of=describe(clusterer)["estimator"], because=because)
+    return out
+
+
+class FaceClusterer(ClusterMixin, BaseEstimator):
     """Shared post-processing; subclasses implement `_cluster(Xn) -> labels`.
 
     `constraints` (idcluster.clustering.constraints.Constraints over the rows of X: seeds,
     review decisions, video tracks/frames) are applied here for every clusterer;
     must-linked rows are never dropped as too small nor lose a same-image contest.
+
+    After `fit`, `ran_` (what_runs) records which estimator partitioned the rows, with
+    which parameters: a subclass may hand a large set to another clusterer (`estimator_for`).
     """
 
+    def estimator_for(self, n_rows: int) -> tuple[BaseEstimator, str | None]:
+        """The estimator that partitions n_rows faces, and why when it is not this one."""
+        return self, None
+
     def fit(self, X, y=None, groups=None, constraints: Constraints | None = None):
-        Xn = _unit(X)
+        self.ran_ = what_runs(self, len(X))
+        self.probabilities_ = None
+        chosen, because = self.estimator_for(len(X))
+        if chosen is not self:
+            log.info("%s: %s clusters instead of %s (%s)", because, type(chosen).__name__, type(self).__name__,
+                     ", ".join(f"{k}={v}" for k, v in self.ran_["params"].items()))
+            self.large_set_ = chosen.fit(X, groups=groups, constraints=constraints)
+            self.labels_ = self.large_set_.labels_
+            return self
+        Xn = unit_rows(X)
         labels = np.asarray(self._cluster(Xn), dtype=np.int64)
         labels = drop_small(labels, self.min_cluster_size)
         keep = must_linked_rows(constraints, len(Xn)) if constraints else None
@@ -146,7 +243,7 @@ class _FaceClusterer(ClusterMixin, BaseEstimator):
             labels = reassign_noise(Xn, labels, float(self.reassign_noise), groups if self.cannot_link_same_image else None,
                                     forbidden=cannot_link_map(constraints))
         self.labels_ = drop_small(labels, self.min_cluster_size, keep=keep)
-        if getattr(self, "probabilities_", None) is not None:  # HDBSCAN's, after post-processing
+        if self.probabilities_ is not None:  # HDBSCAN's, after post-processing
             self.probabilities_ = np.where(self.labels_ >= 0, self.probabilities_, 0.0)
         return self
 
@@ -162,20 +259,6 @@ def mean_pairwise_distance(Xn: np.ndarray) -> float:
         return 0.0
     s = Xn.sum(axis=0)
     return float(1.0 - (s @ s - n) / (n * (n - 1)))
-
-
-def _centre_sims(Xn: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row to its own cluster's centre (noise: -inf)."""
-    sims = np.full(len(labels), -np.inf)
-    ok = labels >= 0
-    if not ok.any():
-        return sims
-    ids, inv = np.unique(labels[ok], return_inverse=True)
-    sums = np.zeros((len(ids), Xn.shape[1]))
-    np.add.at(sums, inv, Xn[ok])
-    centres = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    sims[ok] = np.einsum("ij,ij->i", Xn[ok], centres[inv])
-    return sims
 
 
 def apply_constraints(Xn: np.ndarray, labels: np.ndarray, constraints: Constraints | None) -> np.ndarray:
@@ -218,7 +301,7 @@ def apply_constraints(Xn: np.ndarray, labels: np.ndarray, constraints: Constrain
             labels[small] = fresh
             fresh += 1
     # 3. remaining violations: one member of the pair becomes noise.
-    sims = _centre_sims(np.asarray(Xn, dtype=np.float64), labels)
+    sims = similarity_to_centre(np.asarray(Xn, dtype=np.float64), labels)
     for a, b in pairs:
         if labels[a] < 0 or labels[a] != labels[b]:
             continue
@@ -234,13 +317,20 @@ def apply_constraints(Xn: np.ndarray, labels: np.ndarray, constraints: Constrain
     return labels
 
 
-def relabel_by_size(labels: np.ndarray) -> np.ndarray:
-    """Cluster 0 is the largest (ties: first seen), noise stays -1. O(n log n) at any cluster count."""
+def relabel_by_size(labels, ties: str = "first") -> np.ndarray:
+    """Cluster 0 is the largest, noise stays -1. O(n log n) at any cluster count.
+
+    Equal sizes: `ties="first"` the cluster seen first in `labels` comes first; `ties="label"`
+    the smaller old label (labels already in an order worth keeping, e.g. face identities
+    numbered by size, then identities found later).
+    """
+    if ties not in ("first", "label"):
+        raise ValueError(f"ties must be 'first' or 'label', got {ties!r}")
     labels = np.asarray(labels, dtype=np.int64)
     out = np.full(len(labels), -1, dtype=np.int64)
     rows = np.flatnonzero(labels >= 0)
     ids, first, inv, counts = np.unique(labels[rows], return_index=True, return_inverse=True, return_counts=True)
     rank = np.empty(len(ids), dtype=np.int64)
-    rank[np.lexsort((first, -counts))] = np.arange(len(ids))
+    rank[np.lexsort((first if ties == "first" else ids, -counts))] = np.arange(len(ids))
     out[rows] = rank[inv.ravel()]
     return out

@@ -11,8 +11,6 @@ states its calibrated `distance_threshold` and the configs interpolate it.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from scipy.sparse.csgraph import connected_components
 from sklearn import cluster as skcluster
@@ -20,11 +18,12 @@ from joblib import Memory
 # HDBSCAN's tree -> labels step; private in scikit-learn, so its version is
 # pinned in pyproject.toml and a test checks labels against HDBSCAN.fit_predict.
 from sklearn.cluster._hdbscan.hdbscan import tree_to_labels
+from sklearn.base import clone
 from sklearn.neighbors import radius_neighbors_graph
 
-from .base import _FaceClusterer, mean_pairwise_distance
-
-log = logging.getLogger(__name__)
+from .base import FaceClusterer, ParameterError, mean_pairwise_distance
+from .graph import chinese_whispers
+from .knn_graph import KNNGraph
 
 
 # Brute force (a full distance matrix, BLAS) builds HDBSCAN's tree ~15x faster than
@@ -42,7 +41,24 @@ def single_linkage_tree(Xn: np.ndarray, min_samples: int, algorithm: str) -> np.
     return est._single_linkage_tree_
 
 
-class HDBSCAN(_FaceClusterer):
+class _LargeSetSwitch:
+    """Above `knn_graph_above` faces (None = never) the clusterer `large_set` partitions instead
+    (conf/clusterer/*.yaml names it: the kNN-graph clusterer, O(n k) memory, with this one's
+    threshold and post-processing; without one, that same KNNGraph). One info line says so, and
+    `ran_` / base.what_runs record it with its parameters."""
+
+    def estimator_for(self, n_rows: int):
+        if self.knn_graph_above is None or n_rows <= self.knn_graph_above:
+            return self, None
+        if self.large_set is not None:
+            chosen = clone(self.large_set)
+        else:
+            chosen = KNNGraph(distance_threshold=self.distance_threshold, min_cluster_size=self.min_cluster_size,
+                              cannot_link_same_image=self.cannot_link_same_image, reassign_noise=self.reassign_noise)
+        return chosen, f"{n_rows} faces > clusterer.knn_graph_above={self.knn_graph_above}"
+
+
+class HDBSCAN(_LargeSetSwitch, FaceClusterer):
     """scikit-learn HDBSCAN on the unit vectors (euclidean there is monotone in cosine distance).
 
     `memory` (a folder; the config points it into cache_dir) caches the
@@ -51,15 +67,14 @@ class HDBSCAN(_FaceClusterer):
     part. `algorithm=auto` takes brute force up to BRUTE_MAX_ROWS faces.
 
     Above `knn_graph_above` faces (None = never) the tree would take tens of
-    minutes (kd-tree at 512-d) or n^2 memory (brute): the kNN-graph clusterer
-    (idcluster.clustering.knn_graph, O(n k)) clusters instead at `distance_threshold`, with
-    one info line saying so; the post-processing is the same.
+    minutes (kd-tree at 512-d) or n^2 memory (brute): `large_set` clusters instead
+    (see _LargeSetSwitch; `distance_threshold` is its edge threshold).
     """
 
     def __init__(self, min_cluster_size=10, min_samples=2, cluster_selection_epsilon=0.0,
                  cluster_selection_method="eom", allow_single_cluster=True, single_cluster_threshold=0.1,
                  algorithm="auto", memory=None, cannot_link_same_image=True, reassign_noise=None,
-                 knn_graph_above=None, distance_threshold=0.1):
+                 knn_graph_above=None, distance_threshold=0.1, large_set=None):
         self.min_cluster_size = min_cluster_size
         self.allow_single_cluster = allow_single_cluster
         self.single_cluster_threshold = single_cluster_threshold
@@ -72,16 +87,11 @@ class HDBSCAN(_FaceClusterer):
         self.reassign_noise = reassign_noise
         self.knn_graph_above = knn_graph_above
         self.distance_threshold = distance_threshold
+        self.large_set = large_set
 
     def _cluster(self, Xn):
-        self.probabilities_ = None
-        if self.knn_graph_above is not None and len(Xn) > self.knn_graph_above:
-            from .knn_graph import KNNGraph
-
-            log.info("%d faces > clusterer.knn_graph_above=%d: clustering a kNN graph (as clusterer=knn_graph, "
-                     "distance_threshold=%g) instead of HDBSCAN's tree", len(Xn), self.knn_graph_above,
-                     self.distance_threshold)
-            return KNNGraph(distance_threshold=self.distance_threshold)._cluster(Xn)
+        if self.cluster_selection_method not in ("eom", "leaf"):
+            raise ParameterError(f"cluster_selection_method must be 'eom' or 'leaf', got {self.cluster_selection_method!r}")
         min_cluster_size = max(2, self.min_cluster_size)
         min_samples = self.min_samples if self.min_samples is not None else min_cluster_size
         if len(Xn) <= max(min_samples, 1):
@@ -120,14 +130,14 @@ def _tree_to_labels(tree, min_cluster_size, method, allow_single_cluster, eps):
         if eps > 0 and "0-dimensional" in str(e):
             # scikit-learn 1.9's epsilon search indexes size-1 arrays as scalars, which NumPy >= 2.4
             # refuses (scikit-learn issue #33219, fix pending in PR #34243): one clear line instead.
-            raise ValueError(
+            raise ParameterError(
                 "HDBSCAN's cluster_selection_epsilon > 0 fails inside scikit-learn 1.9 with NumPy >= 2.4 "
                 "(scikit-learn issue #33219): use cluster_selection_epsilon=0, or clusterer=agglomerative "
                 "with distance_threshold") from None
         raise
 
 
-class DBSCAN(_FaceClusterer):
+class DBSCAN(FaceClusterer):
     """scikit-learn DBSCAN with cosine distance: faces within `eps` chain into one identity."""
 
     def __init__(self, eps=0.1, min_samples=2, min_cluster_size=2, cannot_link_same_image=True, reassign_noise=None):
@@ -141,48 +151,44 @@ class DBSCAN(_FaceClusterer):
         return skcluster.DBSCAN(eps=self.eps, min_samples=self.min_samples, metric="cosine").fit_predict(Xn)
 
 
-class Agglomerative(_FaceClusterer):
+class Agglomerative(_LargeSetSwitch, FaceClusterer):
     """scikit-learn agglomerative clustering, cosine distance, cut at `distance_threshold`.
 
     It needs the full pairwise distance matrix (n^2 * 8 bytes: 3.2 GB at 20k faces),
-    so above `knn_graph_above` faces (None = never) it clusters a kNN graph at the
-    same threshold instead (clusterer=knn_graph), with one info line.
+    so above `knn_graph_above` faces (None = never) `large_set` clusters instead
+    (see _LargeSetSwitch).
     """
 
     def __init__(self, distance_threshold=0.1, linkage="average", min_cluster_size=2,
-                 cannot_link_same_image=True, reassign_noise=None, knn_graph_above=None):
+                 cannot_link_same_image=True, reassign_noise=None, knn_graph_above=None, large_set=None):
         self.distance_threshold = distance_threshold
         self.linkage = linkage
         self.min_cluster_size = min_cluster_size
         self.cannot_link_same_image = cannot_link_same_image
         self.reassign_noise = reassign_noise
         self.knn_graph_above = knn_graph_above
+        self.large_set = large_set
 
     def _cluster(self, Xn):
         if len(Xn) < 2:
             return np.zeros(len(Xn), dtype=np.int64)
-        if self.knn_graph_above is not None and len(Xn) > self.knn_graph_above:
-            from .knn_graph import KNNGraph
-
-            log.info("%d faces > clusterer.knn_graph_above=%d: clustering a kNN graph (as clusterer=knn_graph, "
-                     "distance_threshold=%g) instead of the full distance matrix", len(Xn), self.knn_graph_above,
-                     self.distance_threshold)
-            return KNNGraph(distance_threshold=self.distance_threshold)._cluster(Xn)
         return skcluster.AgglomerativeClustering(
             n_clusters=None, metric="cosine", linkage=self.linkage, distance_threshold=self.distance_threshold,
         ).fit_predict(Xn)
 
 
-class ChineseWhispers(_FaceClusterer):
+class ChineseWhispers(FaceClusterer):
     """Graph clustering: an edge joins faces closer than `distance_threshold` (cosine),
     weighted by similarity; Chinese Whispers label propagation (Biemann 2006, the
-    algorithm behind dlib's face-clustering example) splits weakly joined groups
-    that plain connected components would chain together (`method=components`
-    gives the latter).
+    algorithm behind dlib's face-clustering example; graph.chinese_whispers, the one
+    the kNN-graph clusterer runs too) splits weakly joined groups that plain
+    connected components would chain together (`method=components` gives the latter).
+    The graph is exact (every pair within the threshold); clusterer=knn_graph is the
+    approximate, O(n k) one for large sets.
     """
 
     def __init__(self, distance_threshold=0.1, method="whispers", iterations=20, min_cluster_size=2,
-                 cannot_link_same_image=True, reassign_noise=None, random_state=0):
+                 cannot_link_same_image=True, reassign_noise=None, random_state=0, batches=8):
         self.distance_threshold = distance_threshold
         self.method = method
         self.iterations = iterations
@@ -190,31 +196,15 @@ class ChineseWhispers(_FaceClusterer):
         self.cannot_link_same_image = cannot_link_same_image
         self.reassign_noise = reassign_noise
         self.random_state = random_state
+        self.batches = batches
 
     def _cluster(self, Xn):
         if self.method not in ("whispers", "components"):
-            raise ValueError(f"method must be 'whispers' or 'components', got {self.method!r}")
+            raise ParameterError(f"method must be 'whispers' or 'components', got {self.method!r}")
         # On unit vectors, cosine distance t  <=>  euclidean distance sqrt(2 t).
         graph = radius_neighbors_graph(Xn, radius=np.sqrt(2 * self.distance_threshold), mode="distance")
         if self.method == "components":
             return connected_components(graph, directed=False)[1]
-        graph = graph.tocsr()
-        weights = graph.copy()
+        weights = graph.tocsr()
         weights.data = 1.0 - weights.data**2 / 2.0  # cosine similarity
-        labels = np.arange(len(Xn))
-        rng = np.random.default_rng(self.random_state)
-        for _ in range(self.iterations):
-            changed = 0
-            for i in rng.permutation(len(Xn)):
-                lo, hi = weights.indptr[i], weights.indptr[i + 1]
-                if lo == hi:
-                    continue
-                votes: dict[int, float] = {}
-                for j, w in zip(weights.indices[lo:hi], weights.data[lo:hi]):
-                    votes[labels[j]] = votes.get(labels[j], 0.0) + w
-                best = max(votes, key=votes.get)
-                if best != labels[i]:
-                    labels[i], changed = best, changed + 1
-            if not changed:
-                break
-        return np.unique(labels, return_inverse=True)[1]
+        return chinese_whispers(weights, int(self.iterations), int(self.batches), int(self.random_state))

@@ -5,7 +5,7 @@ Constraints are data: seeds, review decisions and video tracks/frames each turn
 into a `Constraints` over the rows of the embedding matrix (via the image
 content, `rows_by_content`), never over file names or cluster numbers, so they
 survive renames and re-clustering. `apply_constraints` runs inside the shared
-clusterer post-processing (`base._FaceClusterer.fit`, with `base.apply_constraints`), so every clusterer
+clusterer post-processing (`base.FaceClusterer.fit`, with `base.apply_constraints`), so every clusterer
 honours them the same way.
 """
 

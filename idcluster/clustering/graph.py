@@ -1,9 +1,15 @@
-"""Partitions of a weighted undirected similarity graph: Chinese Whispers, Leiden."""
+"""Partitions of a weighted undirected similarity graph: Chinese Whispers, Leiden.
+
+The one Chinese Whispers of the package: clusterer=chinese_whispers runs it on
+the exact radius graph, clusterer=knn_graph on the kNN graph.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
+
+from .vote import tally
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -16,7 +22,9 @@ def chinese_whispers(graph: csr_matrix, iterations: int = 20, batches: int = 8, 
     """Chinese Whispers labels (0..c-1) of a weighted undirected graph, vectorised per batch of nodes.
 
     Each node takes the label with the largest summed edge weight among its
-    neighbours (ties: the smaller label); isolated nodes keep their own.
+    neighbours (ties: the smaller label); isolated nodes keep their own. Nodes are
+    updated in `batches` random batches per round (near-asynchronous, as in Biemann's
+    algorithm, so cliques do not oscillate), each batch one sparse vote (vote.tally).
     """
     n = graph.shape[0]
     labels = np.arange(n)
@@ -31,16 +39,7 @@ def chinese_whispers(graph: csr_matrix, iterations: int = 20, batches: int = 8, 
                 continue
             entries = _ranges(indptr[batch], lens)
             local = np.repeat(np.arange(len(batch)), lens)
-            # Summed weight per (node, neighbour label): coo -> csr adds duplicates; columns sorted.
-            votes = coo_matrix((data[entries], (local, labels[indices[entries]])), shape=(len(batch), n)).tocsr()
-            votes.sum_duplicates()
-            counts = np.diff(votes.indptr)
-            best_w = np.maximum.reduceat(votes.data, votes.indptr[:-1])
-            is_best = votes.data == np.repeat(best_w, counts)
-            row_of = np.repeat(np.arange(len(batch)), counts)
-            first = np.flatnonzero(is_best)
-            first = first[np.unique(row_of[first], return_index=True)[1]]  # smallest label among ties
-            new = votes.indices[first]
+            new = tally(local, labels[indices[entries]], data[entries], len(batch)).label
             changed += int((labels[batch] != new).sum())
             labels[batch] = new
         if not changed:

@@ -8,29 +8,24 @@ radius graph on dense data or HDBSCAN's brute-force tree):
    (`IndexIVFFlat`) or HNSW graph (`IndexHNSWFlat`) above `exact_max_rows`.
 2. Edges below the calibrated similarity (1 - the embedder's `distance_threshold`)
    are dropped; the rest, symmetrised, weighted by similarity, form a sparse graph.
-3. Chinese Whispers on that graph, vectorised: each round updates the nodes in a
-   few random batches (near-asynchronous updates, as in Biemann's algorithm, so
-   cliques do not oscillate), each batch one sparse aggregation of its
-   neighbours' label weights. `method=components` gives connected components,
-   `method=leiden` the Leiden algorithm (leidenalg, extra `idcluster[scale]`).
+3. Chinese Whispers on that graph (graph.chinese_whispers, vectorised: the one
+   clusterer=chinese_whispers runs too). `method=components` gives connected
+   components, `method=leiden` the Leiden algorithm (leidenalg, extra
+   `idcluster[scale]`).
 
-The shared post-processing of `base._FaceClusterer` (min_cluster_size,
+The shared post-processing of `base.FaceClusterer` (min_cluster_size,
 cannot-link per image, constraints, noise re-assignment) follows, as for every
 clusterer.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .base import _FaceClusterer
+from .base import FaceClusterer, ParameterError
 from .graph import chinese_whispers, leiden
-
-log = logging.getLogger(__name__)
 
 INDEXES = ("auto", "flat", "ivf", "hnsw")
 METHODS = ("whispers", "components", "leiden")
@@ -61,7 +56,7 @@ def nearest_neighbours(X: np.ndarray, k: int, index: str = "auto", exact_max_row
         ix = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         ix.hnsw.efSearch = max(ef_search, k)
     else:
-        raise ValueError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
+        raise ParameterError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
     ix.add(X)
     sims, idx = ix.search(X, k)
     return sims, idx
@@ -77,7 +72,7 @@ def similarity_graph(sims: np.ndarray, idx: np.ndarray, min_similarity: float) -
     return g.maximum(g.T).tocsr()  # i in j's list or j in i's: one edge, its similarity
 
 
-class KNNGraph(_FaceClusterer):
+class KNNGraph(FaceClusterer):
     """kNN-graph clustering for large face sets (10^4-10^6+): faiss neighbours, calibrated edges, Chinese Whispers.
 
     `distance_threshold` is the embedder's calibrated cosine distance (as for the
@@ -104,9 +99,9 @@ class KNNGraph(_FaceClusterer):
 
     def graph(self, Xn: np.ndarray) -> csr_matrix:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.index not in INDEXES:
-            raise ValueError(f"index must be one of {', '.join(INDEXES)}, got {self.index!r}")
+            raise ParameterError(f"index must be one of {', '.join(INDEXES)}, got {self.index!r}")
         # +1: a face is its own nearest neighbour.
         sims, idx = nearest_neighbours(Xn, int(self.k) + 1, self.index, int(self.exact_max_rows),
                                        nprobe=int(self.nprobe), seed=int(self.random_state))
