@@ -34,7 +34,6 @@ import logging
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
@@ -48,33 +47,13 @@ from ..embedders.appearance import AppearanceEmbedder, load_instance
 from ..errors import CacheMiss, ConfigError
 from ..inputs.images import ImageDecodeError
 from ..progress import stage_bar
+from .links import ImageLinks
 
 log = logging.getLogger(__name__)
 
 APPEARANCE = "appearance-v1"  # cache namespace of the per-image vectors
 FACELESS = frozenset({R.NO_FACE, R.FACE_TOO_SMALL, R.BLURRY})
 METHODS = ("vote", "propagate")
-
-
-@dataclass
-class ImageLinks:
-    """Image-level facts from constraint sources, by record index."""
-
-    names: dict[int, str] = field(default_factory=dict)  # seed name
-    tracks: dict[int, str] = field(default_factory=dict)  # video track
-    frames: dict[int, str] = field(default_factory=dict)  # source frame
-
-    def __or__(self, other: "ImageLinks") -> "ImageLinks":
-        return ImageLinks({**self.names, **other.names}, {**self.tracks, **other.tracks}, {**self.frames, **other.frames})
-
-
-def image_links(sources, records) -> ImageLinks:
-    """Union of the ImageLinks of every constraint source that has `links(records)`."""
-    out = ImageLinks()
-    for s in sources or ():
-        if hasattr(s, "links"):
-            out = out | s.links(records)
-    return out
 
 
 class AppearanceAssigner:

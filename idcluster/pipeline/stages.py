@@ -515,7 +515,7 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
 
 
 def _appearance_stage(spec: Spec, result: Result, cache: StageCache, cached_only: bool) -> None:
-    from ..evidence.appearance import image_links
+    from ..evidence.links import image_links
 
     t0 = time.perf_counter()
     links = image_links(spec.constraint_sources, result.records)
