@@ -21,7 +21,8 @@ from sklearn.cluster._hdbscan.hdbscan import tree_to_labels
 from sklearn.base import clone
 from sklearn.neighbors import radius_neighbors_graph
 
-from .base import FaceClusterer, ParameterError, mean_pairwise_distance
+from .base import FaceClusterer, ParameterError, mean_pairwise_distance, separate
+from .constraints import Constraints
 from .graph import chinese_whispers
 from .knn_graph import KNNGraph
 
@@ -175,6 +176,18 @@ class Agglomerative(_LargeSetSwitch, FaceClusterer):
         return skcluster.AgglomerativeClustering(
             n_clusters=None, metric="cosine", linkage=self.linkage, distance_threshold=self.distance_threshold,
         ).fit_predict(Xn)
+
+
+def average_linkage(D: np.ndarray, threshold: float, constraints: Constraints | None = None) -> np.ndarray:
+    """Average-linkage labels of a precomputed distance matrix cut at `threshold`: the algorithm of
+    Agglomerative, for callers that shape the distances themselves (the faceless stage). Cannot-
+    linked pairs are set to the largest cosine distance first (base.separate, in place), so they
+    join last, if ever; a caller splits what the average still joined (base.keep_compatible)."""
+    if len(D) < 2:
+        return np.zeros(len(D), dtype=np.int64)
+    separate(D, constraints)
+    return skcluster.AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
+                                             distance_threshold=threshold).fit_predict(D)
 
 
 class ChineseWhispers(FaceClusterer):

@@ -23,8 +23,8 @@ file, alpha channel as the mask). Every record ends with `evidence` and
 `evidence_score`, which identity_clustering.json reports.
 
 The clustering itself is idcluster.clustering's: the kNN vote (clustering.vote),
-cannot-links as Constraints (separated in the distance matrix, then kept
-greedily: clustering.base.separate / keep_compatible), centres and the final
+average linkage with cannot-links as Constraints (clustering.clusterers.
+average_linkage, then clustering.base.keep_compatible), centres and the final
 relabel by size (clustering.base). This module decides what votes and when.
 """
 
@@ -40,7 +40,8 @@ import numpy as np
 
 from .. import records as R
 from ..cache.store import StageCache, cache_key
-from ..clustering.base import centres, keep_compatible, relabel_by_size, separate
+from ..clustering.base import centres, keep_compatible, relabel_by_size
+from ..clustering.clusterers import average_linkage
 from ..clustering.constraints import Constraints, cannot_link_map
 from ..clustering.vote import neighbour_vote
 from ..embedders.appearance import AppearanceEmbedder, load_instance
@@ -307,28 +308,21 @@ class AppearanceAssigner:
         """Average-linkage clusters of the faceless units. Seeded images take part as anchors
         (cannot-linked across names): a cluster holding anchors joins their identity (each
         member that of its most similar anchor), one without becomes an identity of its own."""
-        from sklearn.cluster import AgglomerativeClustering
-
         n_units = len(units)
         units = list(units) + [[i] for i, _ in anchors]
         anchor_label = np.array([-1] * n_units + [label for _, label in anchors])
         Q = self._unit_vectors(V, units)
         sizes = np.array([len(u) for u in units])
         cannot = self._cannot_links(units, links, anchor_label)
-        if len(units) == 1:
-            raw = np.zeros(1, np.int64)
-        else:
-            D = np.clip(1.0 - Q @ Q.T, 0.0, 2.0)
-            # Without colour (greyscale images) the descriptor is texture only and much weaker
-            # (pair AUC 0.54 on simpsons14 vs 0.80 on colour anime): such pairs need grey_threshold.
-            grey = self._grey(Q)
-            if self.grey_threshold < threshold:
-                either = grey[:, None] | grey[None, :]
-                D = np.where(either, D * (threshold / max(self.grey_threshold, 1e-6)), D)
-            np.fill_diagonal(D, 0.0)
-            separate(D, cannot)  # cannot-linked units join last, if ever (and are split again below)
-            raw = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
-                                          distance_threshold=threshold).fit_predict(D)
+        D = np.clip(1.0 - Q @ Q.T, 0.0, 2.0)
+        # Without colour (greyscale images) the descriptor is texture only and much weaker
+        # (pair AUC 0.54 on simpsons14 vs 0.80 on colour anime): such pairs need grey_threshold.
+        grey = self._grey(Q)
+        if self.grey_threshold < threshold:
+            either = grey[:, None] | grey[None, :]
+            D = np.where(either, D * (threshold / max(self.grey_threshold, 1e-6)), D)
+        np.fill_diagonal(D, 0.0)
+        raw = average_linkage(D, threshold, cannot)  # cannot-linked units join last, and are split again below
         forbidden = cannot_link_map(cannot)
         for c, centre in zip(*centres(Q, raw)):
             members = np.flatnonzero(raw == c)

@@ -95,3 +95,15 @@ def test_separate_and_keep_compatible_honour_cannot_links():
 
 def test_a_bad_clusterer_parameter_is_the_users_and_a_value_error():
     assert issubclass(ParameterError, ConfigError) and issubclass(ParameterError, ValueError)
+
+
+def test_average_linkage_on_a_precomputed_matrix_keeps_cannot_linked_rows_apart():
+    from idcluster.clustering.clusterers import average_linkage
+
+    D = np.full((4, 4), 0.05)
+    D[3, :3] = D[:3, 3] = 0.9
+    np.fill_diagonal(D, 0.0)
+    assert len(set(average_linkage(D.copy(), 0.2).tolist())) == 2  # {0, 1, 2}, {3}
+    labels = average_linkage(D.copy(), 0.2, Constraints(cannot_link=[(0, 1)]))
+    assert labels[0] != labels[1] and len(set(labels.tolist())) == 3
+    assert average_linkage(np.zeros((1, 1)), 0.2).tolist() == [0]
