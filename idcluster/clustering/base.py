@@ -192,7 +192,9 @@ def describe(estimator) -> dict:
     def name(obj) -> str:
         return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
-    params = {k: name(v) if isinstance(v, BaseEstimator) else v for k, v in estimator.get_params(deep=False).items()}
+    # A clusterer from a user's own _target_ needs only fit_predict: without get_params, no parameters.
+    given = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
+    params = {k: name(v) if isinstance(v, BaseEstimator) else v for k, v in given.items()}
     return {"estimator": name(estimator), "params": params}
 
 

@@ -58,7 +58,7 @@ METHODS = ("vote", "propagate")
 
 
 class AppearanceAssigner:
-    """The faceless-assignment stage; parameters from the config's `appearance:` block."""
+    """The faceless-assignment stage; Hydra builds it from conf/appearance/<option>.yaml (`appearance.*` keys)."""
 
     def __init__(self, enabled: bool = True, method: str = "vote", k: int = 5, min_similarity: float = 0.85,
                  min_share: float = 0.6, cluster_faceless: bool = True, cluster_threshold: float = 0.2,

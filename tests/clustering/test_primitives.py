@@ -107,3 +107,18 @@ def test_average_linkage_on_a_precomputed_matrix_keeps_cannot_linked_rows_apart(
     labels = average_linkage(D.copy(), 0.2, Constraints(cannot_link=[(0, 1)]))
     assert labels[0] != labels[1] and len(set(labels.tolist())) == 3
     assert average_linkage(np.zeros((1, 1)), 0.2).tolist() == [0]
+
+
+def test_what_runs_describes_any_estimator():
+    from sklearn.cluster import DBSCAN as SkDBSCAN
+
+    from idcluster.clustering.base import what_runs
+
+    assert what_runs(SkDBSCAN(eps=0.3), 10) == {"estimator": "sklearn.cluster._dbscan.DBSCAN",
+                                               "params": SkDBSCAN(eps=0.3).get_params(), "faces": 10}
+
+    class OnlyFitPredict:
+        def fit_predict(self, X):
+            return np.zeros(len(X), dtype=int)
+
+    assert what_runs(OnlyFitPredict(), 3)["params"] == {}
