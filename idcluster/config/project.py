@@ -48,10 +48,13 @@ class Project:
 
 
 def _root_keys() -> set[str]:
+    """Top-level config keys: conf/config.yaml's own and its config groups' (appearance, ...)."""
     import yaml
 
     with open(conf_dir() / "config.yaml") as f:
-        return {k for k in yaml.safe_load(f) if k != "defaults"}
+        root = yaml.safe_load(f)
+    groups = {k for d in root.get("defaults", []) if isinstance(d, dict) for k in d}
+    return {k for k in root if k != "defaults"} | groups
 
 
 def _quote(value) -> str:
