@@ -8,28 +8,24 @@ radius graph on dense data or HDBSCAN's brute-force tree):
    (`IndexIVFFlat`) or HNSW graph (`IndexHNSWFlat`) above `exact_max_rows`.
 2. Edges below the calibrated similarity (1 - the embedder's `distance_threshold`)
    are dropped; the rest, symmetrised, weighted by similarity, form a sparse graph.
-3. Chinese Whispers on that graph, vectorised: each round updates the nodes in a
-   few random batches (near-asynchronous updates, as in Biemann's algorithm, so
-   cliques do not oscillate), each batch one sparse aggregation of its
-   neighbours' label weights. `method=components` gives connected components,
-   `method=leiden` the Leiden algorithm (leidenalg, extra `idcluster[scale]`).
+3. Chinese Whispers on that graph (graph.chinese_whispers, vectorised: the one
+   clusterer=chinese_whispers runs too). `method=components` gives connected
+   components, `method=leiden` the Leiden algorithm (leidenalg, extra
+   `idcluster[scale]`).
 
-The shared post-processing of `clusterers._FaceClusterer` (min_cluster_size,
+The shared post-processing of `base.FaceClusterer` (min_cluster_size,
 cannot-link per image, constraints, noise re-assignment) follows, as for every
 clusterer.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .clusterers import _FaceClusterer
-
-log = logging.getLogger(__name__)
+from .base import FaceClusterer, ParameterError
+from .graph import chinese_whispers, leiden
 
 INDEXES = ("auto", "flat", "ivf", "hnsw")
 METHODS = ("whispers", "components", "leiden")
@@ -60,7 +56,7 @@ def nearest_neighbours(X: np.ndarray, k: int, index: str = "auto", exact_max_row
         ix = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         ix.hnsw.efSearch = max(ef_search, k)
     else:
-        raise ValueError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
+        raise ParameterError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
     ix.add(X)
     sims, idx = ix.search(X, k)
     return sims, idx
@@ -76,62 +72,7 @@ def similarity_graph(sims: np.ndarray, idx: np.ndarray, min_similarity: float) -
     return g.maximum(g.T).tocsr()  # i in j's list or j in i's: one edge, its similarity
 
 
-def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + l) for each (s, l)."""
-    total = int(lens.sum())
-    return np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
-
-
-def chinese_whispers(graph: csr_matrix, iterations: int = 20, batches: int = 8, seed: int = 0) -> np.ndarray:
-    """Chinese Whispers labels (0..c-1) of a weighted undirected graph, vectorised per batch of nodes.
-
-    Each node takes the label with the largest summed edge weight among its
-    neighbours (ties: the smaller label); isolated nodes keep their own.
-    """
-    n = graph.shape[0]
-    labels = np.arange(n)
-    indptr, indices, data = graph.indptr, graph.indices, graph.data
-    rng = np.random.default_rng(seed)
-    for _ in range(iterations):
-        changed = 0
-        for batch in np.array_split(rng.permutation(n), max(1, batches)):
-            lens = indptr[batch + 1] - indptr[batch]
-            batch, lens = batch[lens > 0], lens[lens > 0]
-            if not len(batch):
-                continue
-            entries = _ranges(indptr[batch], lens)
-            local = np.repeat(np.arange(len(batch)), lens)
-            # Summed weight per (node, neighbour label): coo -> csr adds duplicates; columns sorted.
-            votes = coo_matrix((data[entries], (local, labels[indices[entries]])), shape=(len(batch), n)).tocsr()
-            votes.sum_duplicates()
-            counts = np.diff(votes.indptr)
-            best_w = np.maximum.reduceat(votes.data, votes.indptr[:-1])
-            is_best = votes.data == np.repeat(best_w, counts)
-            row_of = np.repeat(np.arange(len(batch)), counts)
-            first = np.flatnonzero(is_best)
-            first = first[np.unique(row_of[first], return_index=True)[1]]  # smallest label among ties
-            new = votes.indices[first]
-            changed += int((labels[batch] != new).sum())
-            labels[batch] = new
-        if not changed:
-            break
-    return np.unique(labels, return_inverse=True)[1].ravel()
-
-
-def leiden(graph: csr_matrix, resolution: float, seed: int = 0) -> np.ndarray:
-    """Leiden communities (constant Potts model: no resolution limit on 10^6 nodes)."""
-    from ..models.extras import require
-
-    leidenalg, igraph = require("scale", "clusterer.method=leiden")  # one ModelError naming the extra
-    upper = coo_matrix(graph)
-    keep = upper.row < upper.col
-    g = igraph.Graph(n=graph.shape[0], edges=np.stack([upper.row[keep], upper.col[keep]], axis=1).tolist())
-    part = leidenalg.find_partition(g, leidenalg.CPMVertexPartition, weights=upper.data[keep].tolist(),
-                                    resolution_parameter=resolution, seed=seed)
-    return np.asarray(part.membership, dtype=np.int64)
-
-
-class KNNGraph(_FaceClusterer):
+class KNNGraph(FaceClusterer):
     """kNN-graph clustering for large face sets (10^4-10^6+): faiss neighbours, calibrated edges, Chinese Whispers.
 
     `distance_threshold` is the embedder's calibrated cosine distance (as for the
@@ -158,9 +99,9 @@ class KNNGraph(_FaceClusterer):
 
     def graph(self, Xn: np.ndarray) -> csr_matrix:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.index not in INDEXES:
-            raise ValueError(f"index must be one of {', '.join(INDEXES)}, got {self.index!r}")
+            raise ParameterError(f"index must be one of {', '.join(INDEXES)}, got {self.index!r}")
         # +1: a face is its own nearest neighbour.
         sims, idx = nearest_neighbours(Xn, int(self.k) + 1, self.index, int(self.exact_max_rows),
                                        nprobe=int(self.nprobe), seed=int(self.random_state))

@@ -48,13 +48,13 @@ class Project:
 
 
 def _root_keys() -> set[str]:
-    """Top-level config keys, config groups included ([defaults.export.names], [defaults.pose])."""
+    """Top-level config keys: conf/config.yaml's own and its config groups' (appearance, ...)."""
     import yaml
 
     with open(conf_dir() / "config.yaml") as f:
-        data = yaml.safe_load(f)
-    groups = {k for d in data.get("defaults", []) if isinstance(d, dict) for k in d}
-    return {k for k in data if k != "defaults"} | groups
+        root = yaml.safe_load(f)
+    groups = {k for d in root.get("defaults", []) if isinstance(d, dict) for k in d}
+    return {k for k in root if k != "defaults"} | groups
 
 
 def _quote(value) -> str:

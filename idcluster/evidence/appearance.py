@@ -21,6 +21,11 @@ another image of that frame holds. The appearance vector of each image is a
 per-image stage cached by image content (embedders/appearance.describe on the
 file, alpha channel as the mask). Every record ends with `evidence` and
 `evidence_score`, which identity_clustering.json reports.
+
+The clustering itself is idcluster.clustering's: the kNN vote (clustering.vote),
+average linkage with cannot-links as Constraints (clustering.clusterers.
+average_linkage, then clustering.base.keep_compatible), centres and the final
+relabel by size (clustering.base). This module decides what votes and when.
 """
 
 from __future__ import annotations
@@ -29,16 +34,21 @@ import logging
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from itertools import combinations
 
 import numpy as np
 
 from .. import records as R
 from ..cache.store import StageCache, cache_key
+from ..clustering.base import centres, keep_compatible, relabel_by_size
+from ..clustering.clusterers import average_linkage
+from ..clustering.constraints import Constraints, cannot_link_map
+from ..clustering.vote import neighbour_vote
 from ..embedders.appearance import AppearanceEmbedder, load_instance
 from ..errors import CacheMiss, ConfigError
 from ..inputs.images import ImageDecodeError
 from ..progress import stage_bar
+from .links import ImageLinks
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +57,8 @@ FACELESS = frozenset({R.NO_FACE, R.FACE_TOO_SMALL, R.BLURRY})
 METHODS = ("vote", "propagate")
 
 
-@dataclass
-class ImageLinks:
-    """Image-level facts from constraint sources, by record index."""
-
-    names: dict[int, str] = field(default_factory=dict)  # seed name
-    tracks: dict[int, str] = field(default_factory=dict)  # video track
-    frames: dict[int, str] = field(default_factory=dict)  # source frame
-
-    def __or__(self, other: "ImageLinks") -> "ImageLinks":
-        return ImageLinks({**self.names, **other.names}, {**self.tracks, **other.tracks}, {**self.frames, **other.frames})
-
-
-def image_links(sources, records) -> ImageLinks:
-    """Union of the ImageLinks of every constraint source that has `links(records)`."""
-    out = ImageLinks()
-    for s in sources or ():
-        if hasattr(s, "links"):
-            out = out | s.links(records)
-    return out
-
-
 class AppearanceAssigner:
-    """The faceless-assignment stage; parameters from the config's `appearance:` block."""
+    """The faceless-assignment stage; Hydra builds it from conf/appearance/<option>.yaml (`appearance.*` keys)."""
 
     def __init__(self, enabled: bool = True, method: str = "vote", k: int = 5, min_similarity: float = 0.85,
                  min_share: float = 0.6, cluster_faceless: bool = True, cluster_threshold: float = 0.2,
@@ -191,7 +180,7 @@ class AppearanceAssigner:
             refs = refs_now()
             found = None
             if refs and all(i in V for i in unit):
-                found = self._best(self._unit_vector(V, unit), np.stack([V[i] for i in refs]),
+                found = self._best(self._unit_vectors(V, [unit])[0], np.stack([V[i] for i in refs]),
                                    np.array([records[i].label for i in refs]), min_sim)
             if found is not None and found[0] not in by_name.values():
                 by_name[name] = found[0]
@@ -261,9 +250,12 @@ class AppearanceAssigner:
         return units + list(by_track.values())
 
     @staticmethod
-    def _unit_vector(V, unit) -> np.ndarray:
-        v = np.mean([V[i] for i in unit], axis=0)
-        return v / max(float(np.linalg.norm(v)), 1e-12)
+    def _unit_vectors(V, units) -> np.ndarray:
+        """One vector per unit (a track of faceless images moves as one): the centre of its
+        images' vectors, in their precision."""
+        rows = [V[i] for u in units for i in u]
+        which = np.repeat(np.arange(len(units)), [len(u) for u in units])
+        return centres(np.stack(rows), which)[1].astype(rows[0].dtype)
 
     def _best(self, q, X, y, min_sim, probs=None, classes=None):
         """(identity, share, score) that the appearance neighbours of vector q (rows X with
@@ -281,20 +273,16 @@ class AppearanceAssigner:
             if best not in set(y[ok].tolist()):
                 return None
             score = float(sims[ok][y[ok] == best].mean())
-        else:
-            votes: dict[int, float] = defaultdict(float)
-            for j in ok:
-                votes[int(y[j])] += float(sims[j])
-            best = max(votes, key=votes.get)
-            share = votes[best] / sum(votes.values())
-            score = votes[best] / int((y[ok] == best).sum())
+        else:  # the neighbours' similarity-weighted vote; score: the winner's voters' mean similarity
+            votes = neighbour_vote(sims[nn][None], y[nn][None], bar)
+            best, share, score = int(votes.label[0]), float(votes.share[0]), float(votes.mean[0])
         return (best, share, score) if share >= self.min_share else None
 
     def _vote(self, records, V, units, refs, allowed, give, min_sim: float) -> None:
         probs = classes = None
         X = np.stack([V[i] for i in refs])
         y = np.array([records[i].label for i in refs])
-        Q = np.stack([self._unit_vector(V, u) for u in units])
+        Q = self._unit_vectors(V, units)
         if self.method == "propagate":
             probs, classes = self._propagate(X, y, Q)
         for row, unit in enumerate(units):
@@ -320,39 +308,23 @@ class AppearanceAssigner:
         """Average-linkage clusters of the faceless units. Seeded images take part as anchors
         (cannot-linked across names): a cluster holding anchors joins their identity (each
         member that of its most similar anchor), one without becomes an identity of its own."""
-        from sklearn.cluster import AgglomerativeClustering
-
         n_units = len(units)
         units = list(units) + [[i] for i, _ in anchors]
         anchor_label = np.array([-1] * n_units + [label for _, label in anchors])
-        Q = np.stack([self._unit_vector(V, u) for u in units])
+        Q = self._unit_vectors(V, units)
         sizes = np.array([len(u) for u in units])
-        if len(units) == 1:
-            raw = np.zeros(1, np.int64)
-        else:
-            D = np.clip(1.0 - Q @ Q.T, 0.0, 2.0)
-            # Without colour (greyscale images) the descriptor is texture only and much weaker
-            # (pair AUC 0.54 on simpsons14 vs 0.80 on colour anime): such pairs need grey_threshold.
-            grey = self._grey(Q)
-            if self.grey_threshold < threshold:
-                either = grey[:, None] | grey[None, :]
-                D = np.where(either, D * (threshold / max(self.grey_threshold, 1e-6)), D)
-            # Cannot-link: units sharing a source frame are pushed apart (and split again below).
-            by_frame = defaultdict(set)
-            for m, u in enumerate(units):
-                for i in u:
-                    if i in links.frames:
-                        by_frame[links.frames[i]].add(m)
-            for members in by_frame.values():
-                if len(members) > 1:
-                    idx = np.fromiter(members, int)
-                    D[np.ix_(idx, idx)] = 2.0
-            np.fill_diagonal(D, 0.0)
-            named = anchor_label >= 0
-            D[named[:, None] & named[None, :] & (anchor_label[:, None] != anchor_label[None, :])] = 2.0
-            raw = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
-                                          distance_threshold=threshold).fit_predict(D)
-        for c in np.unique(raw):
+        cannot = self._cannot_links(units, links, anchor_label)
+        D = np.clip(1.0 - Q @ Q.T, 0.0, 2.0)
+        # Without colour (greyscale images) the descriptor is texture only and much weaker
+        # (pair AUC 0.54 on simpsons14 vs 0.80 on colour anime): such pairs need grey_threshold.
+        grey = self._grey(Q)
+        if self.grey_threshold < threshold:
+            either = grey[:, None] | grey[None, :]
+            D = np.where(either, D * (threshold / max(self.grey_threshold, 1e-6)), D)
+        np.fill_diagonal(D, 0.0)
+        raw = average_linkage(D, threshold, cannot)  # cannot-linked units join last, and are split again below
+        forbidden = cannot_link_map(cannot)
+        for c, centre in zip(*centres(Q, raw)):
             members = np.flatnonzero(raw == c)
             held = members[anchor_label[members] >= 0]
             if len(held):
@@ -363,16 +335,8 @@ class AppearanceAssigner:
                         for i in units[m]:
                             give(i, label, "appearance", float(sims.max()))
                 continue
-            centre = Q[members].mean(axis=0)
-            centre /= max(float(np.linalg.norm(centre)), 1e-12)
-            sims = Q[members] @ centre
-            kept, seen = [], set()
-            for m in members[np.argsort(-sims)]:
-                f = {links.frames.get(i) for i in units[m]} - {None}
-                if f & seen:
-                    continue
-                seen |= f
-                kept.append(m)
+            # Most typical first; a unit cannot-linked with one already kept (same frame) leaves.
+            kept = keep_compatible(members[np.argsort(-(Q[members] @ centre), kind="stable")], forbidden)
             if sizes[kept].sum() < max(self.min_cluster_size, 1):
                 continue
             for m in kept:
@@ -381,11 +345,26 @@ class AppearanceAssigner:
             next_label += 1
 
     @staticmethod
+    def _cannot_links(units, links: ImageLinks, anchor_label: np.ndarray) -> Constraints:
+        """Cannot-links between units: two units holding images of one source frame; two anchors
+        (seeded images) of different names."""
+        by_frame = defaultdict(set)
+        for m, u in enumerate(units):
+            for i in u:
+                if i in links.frames:
+                    by_frame[links.frames[i]].add(m)
+        pairs = [p for members in by_frame.values() for p in combinations(sorted(members), 2)]
+        named = np.flatnonzero(anchor_label >= 0)
+        pairs += [(a, b) for a, b in combinations(named.tolist(), 2) if anchor_label[a] != anchor_label[b]]
+        return Constraints(cannot_link=pairs)
+
+    @staticmethod
     def _finish(records) -> None:
-        """Identity numbers by size again (0 = largest) over face and appearance labels together."""
-        counts = Counter(r.label for r in records if r.label >= 0)
-        order = sorted(counts, key=lambda l: (-counts[l], l))
-        mapping = {old: new for new, old in enumerate(order)}
+        """Identity numbers by size again (0 = largest; ties: the lower number, so face identities
+        before appearance ones) over face and appearance labels together."""
+        old = np.array([r.label for r in records], dtype=np.int64)
+        new = relabel_by_size(old, ties="label")
+        mapping = dict(zip(old[old >= 0].tolist(), new[old >= 0].tolist()))
         for r in records:
             r.label = mapping.get(r.label, -1)
             r.face_labels = {k: mapping.get(v, -1) for k, v in r.face_labels.items()}

@@ -16,7 +16,7 @@ import logging
 from itertools import combinations
 from pathlib import Path
 
-from .appearance import ImageLinks
+from .links import ImageLinks
 from ..errors import ConfigError
 from ..inputs.scan import scan_folder, sha256_file
 

@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from itertools import combinations
 
-from .appearance import ImageLinks
+from .links import ImageLinks
 from ..errors import ConfigError
 
 

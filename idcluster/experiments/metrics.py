@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from scipy.sparse import csr_matrix
 from sklearn.metrics.cluster import pair_confusion_matrix
+
+from ..clustering.base import centres as cluster_centres, unit_rows
 
 
 def noise_as_singletons(labels) -> np.ndarray:
@@ -74,13 +75,10 @@ def label_free(X: np.ndarray, labels, sample_size: int = 2000) -> dict[str, floa
     }
     if len(ids) == 0:
         return out
-    Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    Xn = unit_rows(X)
     member = labels >= 0
     rows = np.searchsorted(ids, labels[member])  # cluster index of each clustered face
-    # Cluster sums as one sparse product (a per-cluster mask loop is O(n * clusters)).
-    onehot = csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(len(ids), len(rows)))
-    centres = np.asarray(onehot @ Xn[member])
-    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    centres = cluster_centres(Xn, labels)[1]
     out["intra_similarity"] = float(np.mean(np.sum(Xn[member] * centres[rows], axis=1)))
     if len(ids) > 1:
         sims = centres @ centres.T

@@ -29,7 +29,7 @@ import numpy as np
 from .. import records as R
 from ..cache.store import StageCache, cache_key
 from ..clustering.constraints import Constraints
-from ..errors import CacheMiss, InputError, PipelineError
+from ..errors import CacheMiss, ConfigError, InputError, PipelineError
 from .faces import blur_score, select_face
 from ..inputs.images import ImageDecodeError, load_image
 from ..progress import stage_bar
@@ -79,6 +79,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     computed: Counter = field(default_factory=Counter)  # what was computed (not read from cache)
     constraints: Constraints = field(default_factory=Constraints)  # what the clusterer was given
+    clusterer_ran: dict = field(default_factory=dict)  # clustering.base.what_runs: the estimator that partitioned the faces
 
 
 # ---------------------------------------------------------------- per-image work
@@ -351,18 +352,6 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
     return vectors
 
 
-def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
-    """Cluster 0 is the largest (ties: first seen), noise stays -1. O(n log n) at any cluster count."""
-    labels = np.asarray(labels, dtype=np.int64)
-    out = np.full(len(labels), -1, dtype=np.int64)
-    rows = np.flatnonzero(labels >= 0)
-    ids, first, inv, counts = np.unique(labels[rows], return_index=True, return_inverse=True, return_counts=True)
-    rank = np.empty(len(ids), dtype=np.int64)
-    rank[np.lexsort((first, -counts))] = np.arange(len(ids))
-    out[rows] = rank[inv.ravel()]
-    return out
-
-
 def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray, constraints: Constraints | None = None) -> np.ndarray:
     """fit_predict, passing the image of each row (cannot-link) and the constraints where
     the clusterer takes them; a plain scikit-learn estimator cannot honour constraints."""
@@ -376,19 +365,46 @@ def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray, constraints: Cons
     return clusterer.fit_predict(Z, **kwargs)
 
 
+def _check_reducer_size(reducer, X: np.ndarray) -> None:
+    """A reducer's n_components the faces cannot give is the user's to change: one line here,
+    not a failure deep inside scikit-learn (PCA needs n_components <= faces and dimensions) or
+    UMAP (its spectral start needs n_components < faces - 1)."""
+    k = reducer.get_params().get("n_components") if hasattr(reducer, "get_params") else None
+    if not isinstance(k, int) or isinstance(k, bool):
+        return  # None, a variance share or 'mle': the reducer sizes itself
+    n, d = X.shape
+    if k > d:
+        raise ConfigError(f"reducer.n_components={k} is more than the embeddings' {d} dimensions")
+    if n < k + 2:
+        raise InputError(f"reducer.n_components={k} needs at least {k + 2} faces, found {n}: "
+                         "use reducer=none or a smaller reducer.n_components")
+
+
 def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Result, cached_only: bool = False,
                        groups: np.ndarray | None = None, constraints: Constraints | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Labels (largest cluster = 0, noise = -1) and membership probabilities for rows of X.
 
     `groups[i]` is the image row i came from: faces of one image never share a cluster.
     `constraints` (must-/cannot-link over rows) enter the cluster key when present.
+    `result.clusterer_ran` says which estimator partitions these rows (a cached run too).
+
+    Only what the user can change becomes an IdclusterError: a parameter scikit-learn's
+    validation refuses, or too few faces for the reducer; any other error is a bug and
+    propagates as it is.
     """
+    # Imported here, not at the top: pool workers import this module and never need sklearn.
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from ..clustering.base import relabel_by_size, what_runs
+
     groups = np.arange(len(X)) if groups is None else groups
     rkey = cache_key("reduce", result.keys["embeddings"], spec.params.get("reducer", {}))
     ckey = cache_key("cluster", rkey, spec.params.get("clusterer", {}))
     if constraints:
         ckey = cache_key(ckey, "constraints", constraints.key())
     result.keys.update(reduce=rkey, cluster=ckey)
+    result.clusterer_ran = what_runs(spec.clusterer, len(X)) if len(X) >= 2 else {}
 
     hit = cache.get_arrays(CLUSTER, ckey)
     if hit is not None:
@@ -396,17 +412,16 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
     if cached_only:
         raise CacheMiss(f"no cached clustering for this config in {cache.root}: run `idcluster cluster` with the same overrides first")
 
-    from sklearn.preprocessing import FunctionTransformer  # here: pool workers never import sklearn
-
     t0 = time.perf_counter()
     # reducer=none is an identity FunctionTransformer: caching a copy of every embedding buys nothing.
     identity = isinstance(spec.reducer, FunctionTransformer) and spec.reducer.func is None
     reduced = {"Z": X} if identity else cache.get_arrays(REDUCE, rkey)
     if reduced is None:
+        _check_reducer_size(spec.reducer, X)
         try:
             Z = np.asarray(spec.reducer.fit_transform(X), dtype=np.float32)
-        except ValueError as e:
-            raise InputError(f"reducer failed on {len(X)} faces: {e}") from None
+        except InvalidParameterError as e:
+            raise ConfigError(f"reducer: {e}") from None
         cache.put_arrays(REDUCE, rkey, Z=Z)
         result.computed["reduce"] += 1
     else:
@@ -419,9 +434,9 @@ def reduce_and_cluster(spec: Spec, X: np.ndarray, cache: StageCache, result: Res
     else:
         try:
             raw = np.asarray(_fit_predict(spec.clusterer, Z, groups, constraints))
-        except ValueError as e:
-            raise InputError(f"clusterer failed on {len(Z)} faces: {e}") from None
-        labels = _relabel_by_size(raw)
+        except InvalidParameterError as e:
+            raise ConfigError(f"clusterer: {e}") from None
+        labels = relabel_by_size(raw)
         probs = getattr(spec.clusterer, "probabilities_", None)
         probs = np.where(labels >= 0, 1.0, 0.0) if probs is None else np.asarray(probs, dtype=np.float64)
     cache.put_arrays(CLUSTER, ckey, labels=labels, probabilities=probs)
@@ -500,7 +515,7 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
 
 
 def _appearance_stage(spec: Spec, result: Result, cache: StageCache, cached_only: bool) -> None:
-    from ..evidence.appearance import image_links
+    from ..evidence.links import image_links
 
     t0 = time.perf_counter()
     links = image_links(spec.constraint_sources, result.records)

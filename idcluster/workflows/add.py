@@ -78,8 +78,13 @@ class Assignment:
 
 def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.ndarray, distance_threshold: float,
            clusterer, k: int = 10) -> Assignment:
-    """kNN vote into existing identities at the calibrated threshold; the rest clustered into new ones."""
+    """kNN vote into existing identities at the calibrated threshold (clustering.vote); the rest
+    clustered into new ones."""
     import faiss
+
+    from ..clustering.base import relabel_by_size
+    from ..clustering.knn_graph import KNNGraph
+    from ..clustering.vote import neighbour_vote
 
     X_new = X_new / np.maximum(np.linalg.norm(X_new, axis=1, keepdims=True), 1e-12)
     n_old = int(y_old.max()) + 1
@@ -88,13 +93,11 @@ def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.n
     index.add(np.ascontiguousarray(X_old, dtype=np.float32))
     k = min(k, len(X_old))
     sims, idx = index.search(np.ascontiguousarray(X_new, dtype=np.float32), k)
-    votes = np.zeros((len(X_new), n_old))
-    ok = sims >= 1.0 - distance_threshold
-    np.add.at(votes, (np.nonzero(ok)[0], y_old[idx[ok]]), sims[ok])
-    best = votes.argmax(axis=1)
-    has = votes[np.arange(len(X_new)), best] > 0
+    votes = neighbour_vote(sims, np.where(idx >= 0, y_old[idx], -1), 1.0 - distance_threshold)
+    best, support = votes.label, votes.weight
+    has = (best >= 0) & (support > 0)
     # One identity per image: its most supported face keeps the join, others of the image go on.
-    order = np.argsort(-votes[np.arange(len(X_new)), best], kind="stable")
+    order = np.argsort(-support, kind="stable")
     taken: set = set()
     for r in order[has[order]]:
         if (groups[r], best[r]) not in taken:
@@ -106,11 +109,9 @@ def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.n
     if len(rest) >= 2:
         # A threshold graph, not the configured clusterer: the rest is often a handful of faces,
         # too few for density-based clusterers; the configured min_cluster_size still applies.
-        from ..clustering.knn_graph import KNNGraph
-
         graph = KNNGraph(distance_threshold=distance_threshold, min_cluster_size=getattr(clusterer, "min_cluster_size", 2))
         sub = graph.fit_predict(X_new[rest], groups=groups[rest])
-        sub = pipeline._relabel_by_size(sub)
+        sub = relabel_by_size(sub)
         labels[rest[sub >= 0]] = n_old + sub[sub >= 0]
         new_ids = int(sub.max()) + 1 if (sub >= 0).any() else 0
     return Assignment(labels, joined, new_ids)

@@ -12,7 +12,6 @@ from rich.console import Console
 
 from ..pipeline import stages as pipeline
 from ..experiments import tracking
-from ..evidence.appearance import AppearanceAssigner
 from ..evidence.seeds import Seeds
 from ..evidence.video_links import VideoLinks
 from ..config.compose import build, params
@@ -57,7 +56,7 @@ def make_spec(cfg: DictConfig, until: str, progress: bool = True) -> pipeline.Sp
         runner=make_runner(cfg),
         constraint_sources=(constraint_sources(cfg, input_dir)
                             + ([review_decisions.constraint_source(journal)] if journal else [])) if until == "cluster" else [],
-        appearance=AppearanceAssigner(**OmegaConf.to_container(cfg.appearance, resolve=True)) if until == "cluster" else None,
+        appearance=build(cfg, "appearance") if until == "cluster" else None,
     )
 
 

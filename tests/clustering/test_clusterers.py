@@ -7,7 +7,8 @@ import pytest
 
 from idcluster.pipeline import stages as pipeline
 from idcluster.workflows.cluster import make_spec
-from idcluster.clustering.clusterers import HDBSCAN, Agglomerative, ChineseWhispers, DBSCAN, enforce_cannot_link, reassign_noise
+from idcluster.clustering.base import enforce_cannot_link, reassign_noise
+from idcluster.clustering.clusterers import HDBSCAN, Agglomerative, ChineseWhispers, DBSCAN
 from idcluster.config.compose import build, group_options, load_config
 from idcluster.experiments.evaluation import evaluate, link_sets
 from idcluster.experiments.metrics import bcubed_prf

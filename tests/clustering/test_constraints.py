@@ -8,7 +8,8 @@ import pytest
 from idcluster.pipeline import stages as pipeline
 from idcluster.workflows.cluster import make_spec
 from idcluster.clustering.clusterers import HDBSCAN, Agglomerative, ChineseWhispers, DBSCAN
-from idcluster.clustering.constraints import Constraints, apply_constraints, rows_by_content, union_groups
+from idcluster.clustering.base import apply_constraints
+from idcluster.clustering.constraints import Constraints, rows_by_content, union_groups
 
 from tests.clustering.test_clusterers import blobs
 

@@ -7,10 +7,11 @@ import logging
 import numpy as np
 import pytest
 
-from idcluster.clustering.clusterers import HDBSCAN, ChineseWhispers, _centres, enforce_cannot_link, reassign_noise
-from idcluster.clustering.knn_graph import KNNGraph, chinese_whispers, nearest_neighbours, similarity_graph
+from idcluster.clustering.base import centres, enforce_cannot_link, reassign_noise, relabel_by_size, what_runs
+from idcluster.clustering.clusterers import HDBSCAN, ChineseWhispers
+from idcluster.clustering.graph import chinese_whispers
+from idcluster.clustering.knn_graph import KNNGraph, nearest_neighbours, similarity_graph
 from idcluster.experiments.metrics import bcubed_prf
-from idcluster.pipeline.stages import _relabel_by_size
 
 
 def identities(n_ids=300, per_id=6, dim=64, spread=0.025, seed=0):
@@ -47,13 +48,40 @@ def test_graph_keeps_only_edges_above_the_threshold_and_is_symmetric():
     assert np.allclose(g.data, np.einsum("ij,ij->i", X[rows], X[cols]), atol=1e-5)
 
 
+def _per_node_whispers(graph, iterations=20, seed=0):
+    """Chinese Whispers as Biemann (and dlib) write it: one node at a time, in random order."""
+    labels = np.arange(graph.shape[0])
+    rng = np.random.default_rng(seed)
+    for _ in range(iterations):
+        changed = 0
+        for i in rng.permutation(graph.shape[0]):
+            lo, hi = graph.indptr[i], graph.indptr[i + 1]
+            if lo == hi:
+                continue
+            votes: dict[int, float] = {}
+            for j, w in zip(graph.indices[lo:hi], graph.data[lo:hi]):
+                votes[labels[j]] = votes.get(labels[j], 0.0) + w
+            best = max(votes, key=votes.get)
+            if best != labels[i]:
+                labels[i], changed = best, changed + 1
+        if not changed:
+            break
+    return np.unique(labels, return_inverse=True)[1]
+
+
 def test_vectorised_whispers_agrees_with_the_per_node_version():
-    """Same graph (k large enough to hold every within-threshold pair): same partition quality."""
+    """Same graph (k large enough to hold every within-threshold pair): same partition quality,
+    for the kNN graph and for the exact radius graph of clusterer=chinese_whispers."""
+    from sklearn.neighbors import radius_neighbors_graph
+
     X, y = identities(n_ids=150, per_id=8, spread=0.05)
-    ours = KNNGraph(distance_threshold=0.3, k=40, index="flat").fit_predict(X)
-    reference = ChineseWhispers(distance_threshold=0.3).fit_predict(X)
-    assert bcubed_prf(reference, ours)[2] >= 0.99
-    assert bcubed_prf(y, ours)[2] == pytest.approx(bcubed_prf(y, reference)[2], abs=0.01)
+    graph = radius_neighbors_graph(X, radius=np.sqrt(2 * 0.3), mode="distance").tocsr()
+    graph.data = 1.0 - graph.data**2 / 2.0
+    reference = _per_node_whispers(graph)
+    for ours in (KNNGraph(distance_threshold=0.3, k=40, index="flat").fit_predict(X),
+                 ChineseWhispers(distance_threshold=0.3).fit_predict(X)):
+        assert bcubed_prf(reference, ours)[2] >= 0.99
+        assert bcubed_prf(y, ours)[2] == pytest.approx(bcubed_prf(y, reference)[2], abs=0.01)
 
 
 def test_whispers_splits_two_cliques_joined_by_one_edge():
@@ -95,13 +123,44 @@ def test_leiden_recovers_identities():
 def test_hdbscan_switches_to_the_knn_graph_above_its_limit(caplog):
     X, y = identities(n_ids=40, per_id=5)
     with caplog.at_level(logging.INFO, logger="idcluster"):
-        labels = HDBSCAN(min_cluster_size=3, knn_graph_above=100, distance_threshold=0.2).fit_predict(X)
+        est = HDBSCAN(min_cluster_size=3, knn_graph_above=100, distance_threshold=0.2)
+        labels = est.fit_predict(X)
     assert "knn_graph_above=100" in caplog.text
     assert bcubed_prf(y, labels)[2] >= 0.99
+    # What ran is recorded: the kNN graph with this clusterer's threshold and post-processing.
+    assert est.ran_["estimator"] == "idcluster.clustering.knn_graph.KNNGraph"
+    assert est.ran_["instead_of"] == "idcluster.clustering.clusterers.HDBSCAN"
+    assert est.ran_["params"]["distance_threshold"] == 0.2 and est.ran_["params"]["min_cluster_size"] == 3
+    assert est.ran_ == what_runs(est, len(X))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="idcluster"):
-        HDBSCAN(min_cluster_size=3, knn_graph_above=1000).fit_predict(X)
-    assert "knn_graph" not in caplog.text
+        est = HDBSCAN(min_cluster_size=3, knn_graph_above=1000)
+        est.fit_predict(X)
+    assert "knn_graph" not in caplog.text and "KNNGraph" not in caplog.text
+    assert est.ran_["estimator"] == "idcluster.clustering.clusterers.HDBSCAN" and "instead_of" not in est.ran_
+
+
+@pytest.mark.parametrize("option", ["agglomerative", "hdbscan"])
+def test_the_large_set_clusterer_is_explicit_config_and_recorded(option, caplog):
+    """conf/clusterer/{agglomerative,hdbscan}.yaml name the large-set clusterer and its parameters
+    (clusterer=knn_graph's, with this one's threshold and post-processing); fit records what ran."""
+    from idcluster.config.compose import build, load_config
+
+    cfg = load_config(["input_dir=x", f"clusterer={option}", "clusterer.min_cluster_size=3", "clusterer.knn_graph_above=100",
+                       "clusterer.large_set.k=12", "embedder=facenet"])
+    est = build(cfg, "clusterer")
+    assert isinstance(est.large_set, KNNGraph)
+    assert est.large_set.get_params()["k"] == 12 and est.large_set.distance_threshold == cfg.embedder.distance_threshold
+    assert est.large_set.min_cluster_size == 3
+    X, y = identities(n_ids=40, per_id=5)
+    est.set_params(large_set__distance_threshold=0.2, **({"distance_threshold": 0.2} if option == "agglomerative" else {}))
+    with caplog.at_level(logging.INFO, logger="idcluster"):
+        labels = est.fit_predict(X)
+    assert "200 faces > clusterer.knn_graph_above=100" in caplog.text and "KNNGraph" in caplog.text
+    assert bcubed_prf(y, labels)[2] >= 0.99
+    assert est.ran_["estimator"].endswith("KNNGraph") and est.ran_["params"]["k"] == 12 and est.ran_["faces"] == 200
+    assert est.large_set.get_params()["k"] == 12 and not hasattr(est.large_set, "labels_")  # a clone ran
+    assert what_runs(est, 100)["estimator"].endswith(type(est).__name__)
 
 
 # ---------------------------------------------------------------- vectorised post-processing = the loops it replaced
@@ -151,7 +210,7 @@ def test_vectorised_post_processing_equals_the_per_cluster_loops(seed):
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     labels = rng.integers(-1, int(rng.integers(2, 40)), n)
     groups = rng.integers(0, max(2, n // 2), n)
-    ids, c = _centres(X, labels)
+    ids, c = centres(X, labels)
     assert np.allclose(c, _loop_centres(X, labels)[1])
     kept = enforce_cannot_link(X, labels, groups)
     assert (kept == _loop_cannot_link(X, labels, groups)).all()
@@ -170,7 +229,7 @@ def test_vectorised_post_processing_equals_the_per_cluster_loops(seed):
 
 
 def test_relabel_by_size_orders_by_size_then_first_seen():
-    assert _relabel_by_size(np.array([5, 2, 2, -1, 5, 7, 7, 7])).tolist() == [1, 2, 2, -1, 1, 0, 0, 0]
+    assert relabel_by_size(np.array([5, 2, 2, -1, 5, 7, 7, 7])).tolist() == [1, 2, 2, -1, 1, 0, 0, 0]
 
 
 @pytest.mark.slow

@@ -17,8 +17,10 @@ from PIL import Image
 from idcluster.pipeline import stages as pipeline
 from idcluster import records as R
 from idcluster.workflows.cluster import make_spec
-from idcluster.evidence.appearance import AppearanceAssigner, ImageLinks
+from idcluster.evidence.appearance import AppearanceAssigner
+from idcluster.evidence.links import ImageLinks
 from idcluster.embedders.appearance import AppearanceEmbedder, describe, foreground_mask, load_instance
+from idcluster.config.compose import build, group_options, load_config
 from idcluster.errors import ConfigError
 
 
@@ -209,3 +211,27 @@ def test_faceless_clusters_respect_frames_and_seed_anchors():
     assert recs[2].label >= 0 and recs[2].label in {recs[0].label, recs[1].label}
     assert recs[3].evidence == "seed" and recs[4].label == recs[5].label == recs[3].label
     assert recs[4].evidence == "appearance"
+
+
+@pytest.mark.parametrize("option", group_options("appearance"))
+def test_every_appearance_option_composes_and_builds(option):
+    cfg = load_config(["input_dir=x", f"appearance={option}"])
+    assigner = build(cfg, "appearance")
+    assert isinstance(assigner, AppearanceAssigner) and cfg.appearance._target_.endswith(".AppearanceAssigner")
+    assert assigner.method == option and assigner.enabled and assigner.k == 5
+
+
+def test_appearance_keys_keep_working_on_the_command_line_and_in_the_project_file(tmp_path):
+    from idcluster.config.project import load_project, resolve
+
+    cfg = load_config(["input_dir=x", "appearance.method=propagate", "appearance.enabled=false",
+                       "appearance.min_similarity=0.9", "+appearance.descriptor.size=64"])
+    a = build(cfg, "appearance")
+    assert (a.method, a.enabled, a.min_similarity, a.descriptor.params["size"]) == ("propagate", False, 0.9, 64)
+    path = tmp_path / "idcluster.toml"
+    path.write_text('[defaults]\noverrides = ["appearance=propagate"]\n\n[defaults.appearance]\nmin_share = 0.7\nk = 7\n')
+    defaults, explicit = resolve(load_project(path), ["input_dir=x", "appearance.k=9"])
+    a = build(load_config(explicit, defaults=defaults), "appearance")
+    assert (a.method, a.min_share, a.k) == ("propagate", 0.7, 9)  # the CLI beats the project file
+    with pytest.raises(ConfigError, match="appearance.method must be one of vote, propagate"):
+        build(load_config(["input_dir=x", "appearance.method=magic"]), "appearance")
