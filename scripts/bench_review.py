@@ -36,11 +36,11 @@ from _bench_common import machine_info, markdown, write_outputs
 def build_folder(root: Path, n_images: int, n_identities: int, dim: int = 128, seed: int = 0) -> Path:
     from idcluster.experiments.demo_data import build_demo_set
     from idcluster.detectors.retinaface import RetinaFaceDetector
-    from idcluster.export.folders import export, write_json_atomic, JSON_NAME
+    from idcluster.export.face_vectors import save_face_vectors
+    from idcluster.export.folders import export
     from idcluster.inputs.images import load_image
     from idcluster.pipeline.stages import Result
-    from idcluster.export.report import build_report
-    from idcluster.review.store import save_embeddings
+    from idcluster.export.report import build_report, write_report
     from idcluster.inputs.scan import scan_folder
 
     det = RetinaFaceDetector()
@@ -85,10 +85,10 @@ def build_folder(root: Path, n_images: int, n_identities: int, dim: int = 128, s
     cache = root / "cache"
     result = Result(records=records, embeddings=vectors.astype(np.float32), keys={"embeddings": "bench-%d" % n_images})
     export(records, out, "copy", progress=False)
-    save_embeddings(cache, result.keys["embeddings"], records, result.embeddings)
+    save_face_vectors(cache, result.keys["embeddings"], records, result.embeddings)
     cfg = {"cache_dir": str(cache), "export": {"mode": "copy"}, "embedder": {"distance_threshold": 0.07}}
     report = build_report(result, cfg, {"detector": "bench", "embedder": "synthetic"}, inp, out)
-    write_json_atomic(out / JSON_NAME, report)
+    write_report(out, report)
     return out
 
 

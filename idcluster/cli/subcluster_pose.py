@@ -1,7 +1,9 @@
+from pathlib import Path
 from typing import Optional
 
 from rich.table import Table
 
+from ..config.compose import build
 from ..experiments import tracking
 from ..pose.views import subcluster_pose as split
 from ..pose.views import view_order
@@ -17,7 +19,9 @@ def subcluster_pose(overrides: Optional[list[str]] = Overrides, quiet: bool = Qu
     # identity= picks what to split; it is not a config key (nothing else reads it).
     identity = next((a[len(IDENTITY):] for a in args if a.startswith(IDENTITY)), None)
     cfg = load([a for a in args if not a.startswith(IDENTITY)], require_input=False)
-    result = split(cfg, identity or None, progress=not quiet)
+    exporter = build(cfg, "export")  # export.mode places the view folders' files, export.names names identities
+    result = split(Path(cfg.output_dir).expanduser(), build(cfg, "pose"), Path(cfg.cache_dir).expanduser(),
+                   mode=exporter.mode, names=exporter.names, identity=identity or None, progress=not quiet)
     table = Table(title=f"views per identity ({cfg.pose.method}) in {result['root']}", title_justify="left")
     views = sorted({v for counts in result["views"].values() for v in counts}, key=view_order)
     table.add_column("identity")

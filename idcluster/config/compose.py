@@ -35,6 +35,8 @@ META_GROUPS = frozenset({"embedder"})
 # Config mappings whose keys are the user's (identity -> name): `export.names.identity_000=woody`
 # adds a key without Hydra's `+`, on the command line and in the project file.
 OPEN_MAPPINGS = ("export.names.",)
+# Keys that became config group choices: `export.format=kohya` (command line, project file) is `export=kohya`.
+GROUP_KEYS = {"export.format": "export"}
 
 
 def conf_dir() -> Path:
@@ -69,6 +71,18 @@ def open_mapping(override: str) -> str:
     return override
 
 
+def group_choice(override: str) -> str:
+    """`export.format=X` -> `export=X` (the key before export formats were a config group); others unchanged."""
+    key, eq, value = override.partition("=")
+    group = GROUP_KEYS.get(key.lstrip("+"))
+    if group is None or not eq:
+        return override
+    options = group_options(group)
+    if value not in options:
+        raise ConfigError(f"{key.lstrip('+')} must be one of {', '.join(options)}, got {value!r}")
+    return f"{group}={value}"
+
+
 def load_config(overrides: list[str] = (), require_input: bool = True, defaults: list[str] = (),
                 resolve: bool = True) -> DictConfig:
     """Compose conf/ + `defaults` (the project file's, lower precedence) + `overrides`.
@@ -77,8 +91,8 @@ def load_config(overrides: list[str] = (), require_input: bool = True, defaults:
     from the project file while an experiment picks `clusterer=agglomerative`)
     is dropped with a warning; a bad `overrides` entry is a ConfigError.
     """
-    soft = [open_mapping(o) for o in defaults]
-    overrides = [open_mapping(o) for o in overrides]
+    soft = [open_mapping(group_choice(o)) for o in defaults]
+    overrides = [open_mapping(group_choice(o)) for o in overrides]
     while True:
         try:
             with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -1,7 +1,9 @@
 """The decisions journal: append-only JSON lines in the output folder, keyed by image content.
 
 Every line is one entry. A `base` entry snapshots the clustering a review started
-from (face key -> identity, names, hidden, reviewed); action entries after it
+from (face key -> identity, names, hidden, reviewed, and where images without a
+clustered face were placed), `extend` entries add what `idcluster add` placed
+since; action entries after it
 (`move`, `rename`, `hide`, `dismiss`, `undo`, `redo`) replay on top of it. A face
 key is "<image sha256>:<face index>", never a file name or a cluster number, so
 decisions survive renames and re-clustering.
@@ -93,6 +95,8 @@ class State:
     next_id: int
     applied: list[dict] = field(default_factory=list)  # effective actions (undo removes, redo restores)
     undone: list[dict] = field(default_factory=list)   # redo stack
+    ran: dict[str, int] = field(default_factory=dict)  # face key -> identity as the clustering (and add) left it
+    placed: dict[str, int] = field(default_factory=dict)  # image sha256 -> identity, images without a clustered face
 
     _index: dict[int, list[str]] | None = None  # identity -> members, rebuilt after a change
 
@@ -111,18 +115,36 @@ class State:
         return {v for v in self._by_ident() if v != NOISE}
 
 
-def base_entry(base_id: str, assign: dict[str, int], clusters: list[dict]) -> dict:
+def base_entry(base_id: str, assign: dict[str, int], clusters: list[dict], placed: dict[str, int] | None = None) -> dict:
+    """placed: image sha256 -> identity of the images the run placed without a clustered face
+    (appearance, seeds, tracks); the review keeps them there while that identity lives."""
     idents = [{"id": int(c["cluster"]), "name": c.get("name"), "hidden": bool(c.get("hidden", False)),
                "reviewed": bool(c.get("reviewed", False))} for c in clusters]
-    return {"op": "base", "base": base_id, "assign": assign, "identities": idents}
+    entry = {"op": "base", "base": base_id, "assign": assign, "identities": idents}
+    if placed:
+        entry["placed"] = placed
+    return entry
 
 
-def state_from_base(entry: dict) -> State:
+def extend_entry(base_id: str, assign: dict[str, int], placed: dict[str, int] | None = None) -> dict:
+    """Faces (and images without a clustered face) the clustering gained after its base entry
+    (`idcluster add`), where they were placed: part of the base on replay, not an undoable action."""
+    entry = {"op": "extend", "base": base_id, "assign": assign}
+    if placed:
+        entry["placed"] = placed
+    return entry
+
+
+def state_from_base(entry: dict, extensions: list[dict] = ()) -> State:
     identities = {d["id"]: Identity(d["id"], d.get("name"), bool(d.get("hidden")), bool(d.get("reviewed")))
                   for d in entry["identities"]}
     assign = {k: int(v) for k, v in entry["assign"].items()}
-    next_id = max([*identities, *assign.values(), -1]) + 1
-    return State(assign, identities, next_id)
+    placed = {k: int(v) for k, v in (entry.get("placed") or {}).items()}
+    for e in extensions:
+        assign.update({k: int(v) for k, v in e["assign"].items() if k not in assign})
+        placed.update({k: int(v) for k, v in (e.get("placed") or {}).items() if k not in placed})
+    next_id = max([*identities, *assign.values(), *placed.values(), -1]) + 1
+    return State(assign, identities, next_id, ran=dict(assign), placed=placed)
 
 
 def _ident(state: State, i: int) -> Identity:
@@ -188,8 +210,8 @@ def effective(actions: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def replay(base: dict, actions: list[dict]) -> State:
-    state = state_from_base(base)
-    applied, undone = effective(actions)
+    state = state_from_base(base, [a for a in actions if a["op"] == "extend"])
+    applied, undone = effective([a for a in actions if a["op"] != "extend"])
     for a in applied:
         apply_action(state, a)
     state.applied, state.undone = applied, undone

@@ -1,18 +1,15 @@
-"""Materialise a clustering as folders: identity_NNN/ (largest first), noise/, faces/.
+"""export=folders (the default): a clustering as folders, identity_NNN/ (largest first), noise/, faces/.
 
 Input files are copied, hard-linked or symlinked, never moved or deleted. An
 existing export is replaced only with export.overwrite=true, and then only the
-folders and file this module writes are removed.
+folders and file this module writes are removed. Names, linking and the JSON
+come from export.report, the one reader/writer of an output folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -22,46 +19,45 @@ from ..errors import InputError
 from ..inputs.images import ImageDecodeError, load_image
 from ..progress import stage_bar
 from ..records import ImageRecord
+from .report import FACES, IDENTITY_DIR, JSON_NAME, NOISE, Linker, flat_name, identity_names, read_report, record_folders
 
 log = logging.getLogger(__name__)
 
-JSON_NAME = "identity_clustering.json"
-NOISE, FACES = "noise", "faces"
-MODES = ("copy", "hardlink", "symlink")
-# identity_NNN, or identity_NNN_<name> once named in `idcluster review`.
-_MANAGED_DIR = re.compile(r"^(identity_\d{3,}(_[^/]*)?|noise|faces)$")
 
+class FoldersExport:
+    """export=folders: identity_NNN/, noise/ (and faces/ with save_faces) beside identity_clustering.json,
+    written by every `cluster` run; `idcluster export` re-materialises them from the cached clustering.
 
-def name_slug(name: str) -> str:
-    """A user-given identity name as a safe folder-name suffix."""
-    return re.sub(r"[^\w.-]+", "_", name, flags=re.UNICODE).strip("._")[:60]
+    A format writing more (a training set, ...) subclasses this, sets reads_report and overrides
+    write(); conf/export/<format>.yaml names the class by `_target_` and extends these keys.
+    """
 
+    reads_report = False  # True: `idcluster export` writes this format from the JSON alone (no input_dir)
 
-def identity_folder(cluster: int, width: int, name: str | None = None) -> str:
-    base = f"identity_{cluster:0{width}d}"
-    slug = name_slug(name) if name else ""
-    return f"{base}_{slug}" if slug else base
+    def __init__(self, format: str = "folders", mode: str = "copy", save_faces: bool = False,
+                 overwrite: bool = False, names: dict | None = None):
+        self.format = str(format)
+        self.mode = str(mode)  # checked where files are placed (check_mode: an InputError, as always)
+        self.save_faces = bool(save_faces)
+        self.overwrite = bool(overwrite)
+        self.names = {str(k): str(v) for k, v in (names or {}).items()}  # identity -> name (export.names)
 
+    def write(self, output_dir: Path, pose=None, cache_dir: Path | None = None, progress: bool = True) -> dict | None:
+        """What this format writes from output_dir's JSON beyond the folders: nothing."""
+        return None
 
-def identity_names(n_clusters: int, meta: dict[int, dict] | None = None) -> list[str]:
-    """Folder of each cluster; `meta` (cluster -> {"name", ...}, from review decisions) adds names."""
-    width = max(3, len(str(max(n_clusters - 1, 0))))
-    meta = meta or {}
-    return [identity_folder(i, width, meta.get(i, {}).get("name")) for i in range(n_clusters)]
-
-
-def flat_name(rel_path: str) -> str:
-    """Unique file name for an input path: sub/dir/img.jpg -> sub__dir__img.jpg."""
-    return rel_path.replace("/", "__")
+    def summary(self, done: dict) -> str:
+        return f"wrote {self.format} output to {done.get('dest')}"
 
 
 def _named_folders(output_dir: Path) -> set[str]:
-    """Folders of named identities (identity_NNN_<name>) that the earlier export's JSON lists."""
+    """Folders of named identities (identity_NNN_<name>) that the earlier export's JSON lists
+    (none when that JSON is unreadable: then only unnamed ones are known to be ours)."""
     try:
-        report = json.loads((output_dir / JSON_NAME).read_text(encoding="utf-8"))
-        return {c["identity"] for c in report.get("clusters", []) if isinstance(c, dict) and "identity" in c}
-    except (OSError, ValueError, TypeError, AttributeError):
+        report = read_report(output_dir)
+    except InputError:
         return set()
+    return {c["identity"] for c in report["clusters"] if isinstance(c, dict) and isinstance(c.get("identity"), str)}
 
 
 def _managed(output_dir: Path) -> list[Path]:
@@ -70,11 +66,15 @@ def _managed(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
         return []
     named = _named_folders(output_dir)
-    found = [p for p in output_dir.iterdir() if p.is_dir() and _MANAGED_DIR.match(p.name)
-             and (re.fullmatch(r"identity_\d{3,}", p.name) or p.name in ("noise", "faces") or p.name in named)]
+    found = [p for p in output_dir.iterdir() if p.is_dir() and (p.name in (NOISE, FACES) or _ours(p.name, named))]
     if (output_dir / JSON_NAME).exists():
         found.append(output_dir / JSON_NAME)
     return sorted(found)
+
+
+def _ours(folder: str, named: set[str]) -> bool:
+    m = IDENTITY_DIR.match(folder)
+    return bool(m) and (m.group(2) is None or folder in named)
 
 
 def prepare_output(output_dir: Path, input_dir: Path, overwrite: bool, check_only: bool = False) -> None:
@@ -100,49 +100,6 @@ def prepare_output(output_dir: Path, input_dir: Path, overwrite: bool, check_onl
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise InputError(f"export.mode must be one of {', '.join(MODES)}, got {mode!r}")
-    return mode
-
-
-class _Linker:
-    def __init__(self, mode: str):
-        self.mode = check_mode(mode)
-
-    def __call__(self, src: Path, dst: Path) -> None:
-        if self.mode == "hardlink":
-            try:
-                os.link(src, dst)
-                return
-            except OSError as e:
-                log.warning("hard link failed (%s): copying files instead", e.strerror)
-                self.mode = "copy"
-        if self.mode == "symlink":
-            os.symlink(src.resolve(), dst)
-            return
-        shutil.copy2(src, dst)
-
-
-Linker = _Linker  # public name: pose splits and training-set exports link/copy the same way
-
-
-def write_json_atomic(path: Path, data: dict, indent: int | None = 2) -> None:
-    """indent=None writes compact JSON with the C encoder (~10x faster on 10k-image reports)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=indent, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def export(
     records: list[ImageRecord],
     output_dir: Path,
@@ -157,7 +114,7 @@ def export(
     Sets no state on records except through the returned mapping; output paths
     are derived from labels, so this is a pure view of the clustering.
     """
-    link = _Linker(mode)
+    link = Linker(mode)
     n_clusters = max((r.label for r in records), default=-1) + 1
     names = identity_names(n_clusters, meta)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -178,14 +135,6 @@ def export(
     return dict(sizes)
 
 
-def record_folders(rec: ImageRecord, names: list[str]) -> list[str]:
-    """The chosen face's identity first, then those of its other clustered faces
-    (faces.select=all puts a group photo in each of its people's folders); else noise/."""
-    labels = [rec.label, *sorted(set(rec.face_labels.values()) - {rec.label})]
-    folders = [names[l] for l in labels if l >= 0]
-    return folders or [NOISE]
-
-
 def _save_faces(rec: ImageRecord, aligner, root: Path, names: list[str]) -> None:
     try:
         image = load_image(rec.path)
@@ -199,7 +148,3 @@ def _save_faces(rec: ImageRecord, aligner, root: Path, names: list[str]) -> None
         suffix = "" if k == rec.face_index else f"_face{k}"
         chip = aligner.align(image, rec.faces[k])
         cv2.imwrite(str(folder / f"{stem}{suffix}.png"), chip[:, :, ::-1])
-
-
-def output_path(rec: ImageRecord, names: list[str]) -> str:
-    return f"{record_folders(rec, names)[0]}/{flat_name(rec.rel_path)}"

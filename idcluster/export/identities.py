@@ -1,23 +1,17 @@
-"""Reading identity_clustering.json: the identities, their names and their members.
+"""The typed view of identity_clustering.json: identities, their names and their members.
 
 The JSON is the source of truth downstream of clustering (review edits it:
 optional `"name"` and `"hidden"` on entries of `clusters`), so pose splits and
-training-set exports read it rather than re-deriving folders from labels.
+training-set exports read it (through export.report.read_report) rather than
+re-deriving folders from labels.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import InputError
-from .folders import JSON_NAME
 from ..records import Face
-
-# What a folder name may hold on every OS (names come from users).
-_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 
 
 @dataclass
@@ -39,24 +33,6 @@ class Identity:
     name: str  # export.names > the cluster's "name" > identity_NNN
     hidden: bool
     members: list[Member]
-
-
-def read_report(output_dir: Path) -> dict:
-    path = Path(output_dir) / JSON_NAME
-    if not path.is_file():
-        raise InputError(f"no {JSON_NAME} in {output_dir}: run `idcluster cluster output_dir={output_dir}` first")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        report["clusters"], report["images"]  # noqa: B018 - the two keys everything reads
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path} is not an idcluster clustering file ({type(e).__name__}: {e})") from None
-    return report
-
-
-def folder_name(name: str) -> str:
-    """A user's name as a folder name: path separators and reserved characters become '_'."""
-    cleaned = _UNSAFE.sub("_", str(name)).strip().strip(".")
-    return cleaned or "_"
 
 
 def identities(report: dict, names: dict | None = None) -> list[Identity]:

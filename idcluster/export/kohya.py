@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
-from .folders import Linker, check_mode, flat_name
-from .identities import Identity, Member, folder_name
+from .identities import Identity, Member
+from .report import Linker, check_mode, flat_name, folder_name
 from ..pose.estimate import Bins, nearest_bin
 from .captions import caption
 from .imaging import TRAINER_SUFFIXES, Sizing, open_image, prepare
@@ -120,7 +120,7 @@ def export_kohya(ids: list[Identity], views: dict[tuple[str, str], str], dest: P
         raise InputError("no visible identity with members to export")
     folders_by_name: dict[str, str] = {}
     for ident in ids:
-        key = folder_name(ident.name).casefold()
+        key = _name(ident.name).casefold()
         if key in folders_by_name:
             raise InputError(f"{ident.identity} and {folders_by_name[key]} are both named {ident.name!r}: "
                              "give them different export.names (or merge them in review)")
@@ -138,7 +138,7 @@ def export_kohya(ids: list[Identity], views: dict[tuple[str, str], str], dest: P
     written: set[str] = set()
     rows, folders = [], {}
     for ident in ids:
-        folder = f"{reps[ident.identity]}_{folder_name(ident.name)}"
+        folder = f"{reps[ident.identity]}_{_name(ident.name)}"
         (dest / folder).mkdir(exist_ok=True)
         stems: Counter = Counter()
         for m, view in chosen[ident.identity]:
@@ -175,8 +175,13 @@ def export_kohya(ids: list[Identity], views: dict[tuple[str, str], str], dest: P
             parent.rmdir()
             parent = parent.parent
     _atomic_text(dest / MARKER, json.dumps({"format": "kohya", "files": sorted(written)}, indent=1))
-    return {"folders": folders, "repeats": {f"{reps[i.identity]}_{folder_name(i.name)}": reps[i.identity] for i in ids},
+    return {"folders": folders, "repeats": {f"{reps[i.identity]}_{_name(i.name)}": reps[i.identity] for i in ids},
             "files": len(rows), "dest": dest}
+
+
+def _name(name: str) -> str:
+    """The <name> of a `<repeats>_<name>/` folder (sd-scripts reads it as the class tokens: spaces kept)."""
+    return folder_name(name) or "_"
 
 
 def _replace(path: Path) -> None:
@@ -238,7 +243,7 @@ def dataset_config(dest: Path, folders: dict[str, int], reps: dict[str, int], id
              "[[datasets]]", f"resolution = {size}", "batch_size = 1",
              f"enable_bucket = {'false' if settings.sizing.square == 'pad' else 'true'}", ""]
     for ident in ids:
-        folder = f"{reps[ident.identity]}_{folder_name(ident.name)}"
+        folder = f"{reps[ident.identity]}_{_name(ident.name)}"
         if folder not in folders:
             continue
         lines += ["  [[datasets.subsets]]", f"  image_dir = {_toml_str(dest.resolve() / folder)}",

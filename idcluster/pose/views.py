@@ -12,17 +12,15 @@ import logging
 import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Mapping
 
 from . import estimate as P
 from ..cache.store import StageCache
 from ..errors import ConfigError, InputError
-from ..export.folders import JSON_NAME, Linker, check_mode, flat_name, write_json_atomic
-from ..export.identities import Identity, Member, identities, read_report, select
+from ..export.identities import Identity, Member, identities, select
 from ..export.locking import output_lock
+from ..export.report import JSON_NAME, Linker, flat_name, read_report, write_report
 from ..progress import stage_bar
 
 log = logging.getLogger(__name__)
@@ -31,23 +29,24 @@ SHEETS = "contact_sheets"
 _VIEW_DIR = re.compile(r"^(%s|%s|pose_\d+)$" % ("|".join(P.VIEWS), P.NO_FACE))
 
 
-@dataclass
 class PoseSettings:
-    estimator: P.PoseEstimator
-    method: str
-    bins: P.Bins
-    n_clusters: int
-    seed: int
+    """conf/pose/<option>.yaml, built by Hydra from its `_target_` (keys as in the YAML): the estimator,
+    the view method (bins | kmeans) with its parameters, and where subcluster-pose writes."""
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> "PoseSettings":
-        p = cfg.pose
+    def __init__(self, landmarks: str = P.DLIB68, max_error: float = 0.12, predictor_path: str | None = None,
+                 method: str = "bins", bins: Mapping | None = None, kmeans: Mapping | None = None,
+                 output_dir: str | None = None):
         try:
-            return cls(P.PoseEstimator(p.landmarks, float(p.max_error), p.predictor_path), str(p.method),
-                       P.Bins(float(p.bins.front), float(p.bins.three_quarter), float(p.bins.pitch)),
-                       int(p.kmeans.n_clusters), int(p.kmeans.seed))
-        except (TypeError, ValueError) as e:
+            self.estimator = P.PoseEstimator(str(landmarks), float(max_error), predictor_path)
+            self.bins = P.Bins(**{str(k): float(v) for k, v in (bins or {}).items()})
+            km = dict(kmeans or {})
+            self.n_clusters, self.seed = int(km.pop("n_clusters", 5)), int(km.pop("seed", 0))
+        except (TypeError, ValueError) as e:  # a value that is no number, an unknown bins key
             raise ConfigError(f"bad pose config: {e}") from None
+        if km:
+            raise ConfigError(f"bad pose config: unknown pose.kmeans key(s) {', '.join(sorted(km))}")
+        self.method = P.check_method(str(method))
+        self.output_dir = Path(str(output_dir)).expanduser() if output_dir else None
 
     def describe(self, centres: dict) -> dict:
         d = {"method": self.method, "landmarks": self.estimator.landmarks, "estimator": self.estimator.model_id}
@@ -90,20 +89,21 @@ def clear_views(identity_dir: Path) -> None:
             shutil.rmtree(p)
 
 
-def subcluster_pose(cfg: DictConfig, identity: str | None = None, progress: bool = True) -> dict:
-    """Split identities by view (holding output_dir's lock); see _split."""
-    output_dir = Path(cfg.output_dir).expanduser()
+def subcluster_pose(output_dir: Path, settings: PoseSettings, cache_dir: Path, mode: str = "copy",
+                    names: dict | None = None, identity: str | None = None, progress: bool = True) -> dict:
+    """Split identities by view (holding output_dir's lock); see _split. `names`: export.names."""
+    output_dir = Path(output_dir)
     read_report(output_dir)  # a missing clustering is an error before the lock creates output_dir
     with output_lock(output_dir, "subcluster-pose"):
-        return _split(cfg, output_dir, identity, progress)
+        return _split(output_dir, settings, cache_dir, mode, names, identity, progress)
 
 
-def _split(cfg: DictConfig, output_dir: Path, identity: str | None, progress: bool) -> dict:
+def _split(output_dir: Path, settings: PoseSettings, cache_dir: Path, mode: str, names: dict | None,
+           identity: str | None, progress: bool) -> dict:
     """Returns {"views": {identity: {view: count}}, "sheets", "centres", "root"}; views also go into the JSON."""
     report = read_report(output_dir)
-    mode = check_mode(cfg.export.mode)
-    settings = PoseSettings.from_config(cfg)
-    chosen = select(identities(report, OmegaConf.to_container(cfg.export.names)), identity)
+    link = Linker(mode)
+    chosen = select(identities(report, names), identity)
     if not chosen:
         raise InputError(f"{output_dir / JSON_NAME} has no visible identity to split")
     if identity is not None and not any(m.face is not None for m in chosen[0].members):
@@ -111,13 +111,12 @@ def _split(cfg: DictConfig, output_dir: Path, identity: str | None, progress: bo
     members = [m for ident in chosen for m in ident.members]
     if not any(m.face is not None for m in members):
         raise InputError(f"no identity in {output_dir / JSON_NAME} has a member with a face")
-    root = Path(cfg.pose.output_dir).expanduser() if cfg.pose.output_dir else output_dir
+    root = settings.output_dir or output_dir
     input_dir = Path(report.get("input_dir") or "").resolve()
     if report.get("input_dir") and (root.resolve() == input_dir or input_dir in root.resolve().parents):
         raise InputError(f"pose.output_dir={root} lies inside the input folder {input_dir}: choose another folder")
 
-    poses, views, centres = estimate_views(members, settings, StageCache(Path(cfg.cache_dir).expanduser()), progress)
-    link = Linker(mode)
+    poses, views, centres = estimate_views(members, settings, StageCache(Path(cache_dir)), progress)
     counts: dict[str, Counter] = {}
     by_view: dict[str, dict[str, list]] = {}
     for ident in chosen:
@@ -142,7 +141,7 @@ def _split(cfg: DictConfig, output_dir: Path, identity: str | None, progress: bo
     report["pose"] = summary
     sheets = write_view_sheets(chosen, by_view, root / SHEETS)
     summary["contact_sheets"] = [str(p) for p in sheets]
-    write_json_atomic(output_dir / JSON_NAME, report)
+    write_report(output_dir, report)
     return {"views": table, "sheets": sheets, "centres": centres, "root": root}
 
 

@@ -24,10 +24,10 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..cache.store import StageCache
 from ..errors import IdclusterError
 from ..evidence import decisions as D
 from .store import ReviewStore
-from ..cache.store import StageCache
 from .thumbs import face_thumbnail
 
 COOKIE = "idcluster_review"

@@ -20,14 +20,20 @@ reviewer wrote on them (`name`, `hidden`, ...): they only gain members.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .. import records as R
 from ..pipeline import stages as pipeline
 from ..cache.store import StageCache, cache_key
 from ..errors import InputError
+from ..export.locking import output_lock
+from ..export.report import (Linker, entry_folders, flat_name, identity_folder, identity_width, image_entry, read_report,
+                             regroup, write_report)
 
 log = logging.getLogger(__name__)
 
@@ -111,46 +117,20 @@ def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.n
     return Assignment(labels, joined, new_ids)
 
 
-def _name(cluster: int, width: int) -> str:
-    return f"identity_{cluster:0{width}d}"
-
-
-def add_images(cfg, console, progress: bool = True) -> dict:
-    """`idcluster add`: embed cfg.input_dir's images and merge them into the export in cfg.output_dir
-    (holding the output folder's lock, as `cluster` does)."""
-    from pathlib import Path
-
-    from ..export.folders import JSON_NAME
-    from ..export.locking import output_lock
-
-    output_dir = Path(cfg.output_dir).expanduser()
-    if not (output_dir / JSON_NAME).is_file():
-        raise InputError(f"no earlier export in {output_dir} ({JSON_NAME} missing): run `idcluster cluster` first")
+def add_images(spec: pipeline.Spec, output_dir: Path, distance_threshold: float, mode: str, console,
+               config: dict | None = None) -> dict:
+    """`idcluster add`: embed spec.input_dir's images and merge them into the export in output_dir
+    (holding the output folder's lock, as `cluster` does). distance_threshold: the embedder's calibrated
+    one; mode: export.mode; config: the composed config, recorded with the addition."""
+    output_dir = Path(output_dir)
+    read_report(output_dir)  # no earlier export: an error before the lock creates output_dir
     with output_lock(output_dir, "add"):
-        return _add_images(cfg, console, progress)
+        return _add_images(spec, output_dir, float(distance_threshold), mode, console, config or {})
 
 
-def _add_images(cfg, console, progress: bool) -> dict:
-    import datetime as dt
-    import json
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from .cluster import make_spec
-    from ..export.folders import JSON_NAME, NOISE, _Linker, check_mode, flat_name, write_json_atomic
-    from ..export.report import build_report
-
-    output_dir = Path(cfg.output_dir).expanduser()
-    path = output_dir / JSON_NAME
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"no earlier export in {output_dir} ({JSON_NAME} missing): run `idcluster cluster` first") from None
-    except ValueError as e:
-        raise InputError(f"{path} is not valid JSON ({e}): re-run `idcluster cluster`") from None
-    link = _Linker(check_mode(cfg.export.mode))
-    spec = make_spec(cfg, "cluster", progress)
+def _add_images(spec: pipeline.Spec, output_dir: Path, threshold: float, mode: str, console, config: dict) -> dict:
+    report = read_report(output_dir)
+    link = Linker(mode)
     if Path(spec.input_dir).resolve() == output_dir.resolve():
         raise InputError("input_dir must be a different folder from output_dir")
     was = report.get("models", {}).get("embedder")
@@ -167,15 +147,12 @@ def _add_images(cfg, console, progress: bool) -> dict:
                     len(repeats), spec.input_dir)
     rows = [row for i, rec in enumerate(result.records) if rec.sha256 not in known for row in rec.face_rows.values()]
     rows = np.asarray(sorted(rows), dtype=np.int64)
-    threshold = float(cfg.embedder.distance_threshold)
     if len(rows):
         a = assign(X_old, y_old, result.embeddings[rows], result.groups[rows], threshold, spec.clusterer)
     else:
         a = Assignment(np.zeros(0, np.int64), 0, 0)
     row_label = dict(zip(rows.tolist(), a.labels.tolist()))
     new_records = [r for r in result.records if r.sha256 not in known]
-    from .. import records as R
-
     for rec in new_records:
         rec.face_labels = {k: row_label[row] for k, row in rec.face_rows.items()}
         if rec.embedding_row is not None:
@@ -186,19 +163,15 @@ def _add_images(cfg, console, progress: bool) -> dict:
 
     # Names: existing ones as they are; new clusters continue the numbering at the same width.
     names = {c["cluster"]: c["identity"] for c in report["clusters"]}
-    width = max(3, len(str(max([*names, *a.labels.tolist(), 0]))))
+    width = identity_width([*names, *a.labels.tolist()])
     for c in sorted(set(a.labels.tolist()) - set(names) - {-1}):
-        names[c] = _name(c, width)
-    sub = pipeline.Result(records=new_records, keys=result.keys, timings=result.timings, computed=result.computed)
-    entries = build_report(sub, {}, {}, spec.input_dir.resolve(), output_dir.resolve())["images"]
-    clusters = {c["cluster"]: c for c in report["clusters"]}
-    for c in sorted(set(names) - set(clusters)):
-        clusters[c] = {"identity": names[c], "cluster": c, "size": 0, "images": []}
-    for rec, entry in zip(new_records, entries):
-        labels = [rec.label, *sorted(set(rec.face_labels.values()) - {rec.label})]
-        folders = [names[l] for l in labels if l >= 0] or [NOISE]
+        names[c] = identity_folder(c, width)
+        report["clusters"].append({"identity": names[c], "cluster": c, "size": 0, "images": []})
+    entries = []
+    for rec in new_records:
+        entry = image_entry(rec, names)
         outputs = []
-        for folder in folders:
+        for folder in entry_folders(entry, names):
             (output_dir / folder).mkdir(parents=True, exist_ok=True)
             dst = output_dir / folder / flat_name(rec.rel_path)
             if dst.exists() or dst.is_symlink():  # a same-named file from the earlier run
@@ -208,31 +181,16 @@ def _add_images(cfg, console, progress: bool) -> dict:
             except OSError as e:
                 log.warning("could not export %s: %s", rec.rel_path, e.strerror or e)
             outputs.append(f"{folder}/{dst.name}")
-            if folder == NOISE:
-                report["noise"]["images"].append(rec.rel_path)
-                report["noise"]["size"] += 1
-                if rec.reason:
-                    report["noise"]["reasons"][rec.reason] = report["noise"]["reasons"].get(rec.reason, 0) + 1
-            else:
-                c = clusters[next(l for l in labels if l >= 0 and names[l] == folder)]
-                c["images"].append(rec.rel_path)
-                c["size"] += 1
-        entry.update(identity=folders[0] if rec.label >= 0 else NOISE, output=outputs[0])
-        for fc in entry["face_clusters"]:
-            fc["identity"] = names.get(fc["cluster"], NOISE)
-    report["clusters"] = [clusters[c] for c in sorted(clusters)]
+        entry["output"] = outputs[0]
+        entries.append(entry)
     report["images"].extend(entries)
-    stats = report.setdefault("statistics", {})
-    imgs = report["images"]
-    stats.update(images=len(imgs), clustered=sum(1 for i in imgs if i["cluster"] >= 0),
-                 noise=sum(1 for i in imgs if i["cluster"] < 0), identities=len(report["clusters"]))
+    regroup(report)
     added = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
              "input_dir": str(spec.input_dir.resolve()), "images": len(new_records), "already_present": len(repeats),
              "joined_existing": a.joined, "new_identities": a.new_identities,
-             "noise": int(sum(1 for r in new_records if r.label < 0)),
-             "config": OmegaConf.to_container(cfg, resolve=True)}
+             "noise": int(sum(1 for r in new_records if r.label < 0)), "config": config}
     report.setdefault("additions", []).append(added)
-    write_json_atomic(path, report)
+    path = write_report(output_dir, report)
     console.print(f"added {len(new_records)} images: {a.joined} faces joined existing identities, "
                   f"{a.new_identities} new identities, {added['noise']} to noise; wrote {path}")
     return report

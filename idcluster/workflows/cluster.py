@@ -18,12 +18,13 @@ from ..config.compose import build, params
 from ..errors import ConfigError
 from ..experiments.evaluation import check_labels, evaluate, ground_truth
 from ..experiments.metrics import label_free
-from ..export.folders import JSON_NAME, check_mode, export, prepare_output, write_json_atomic
+from ..export.face_vectors import save_face_vectors
+from ..export.folders import export, prepare_output
 from ..export.locking import output_lock
-from ..export.report import build_report, print_summary
+from ..export.report import JSON_NAME, build_report, check_mode, write_report
+from ..export.summary import print_summary
 from ..runners import make_runner
 from ..evidence import decisions as review_decisions
-from ..review.store import save_embeddings
 
 log = logging.getLogger(__name__)
 CONTACT_SHEET = "contact_sheet.png"
@@ -104,13 +105,11 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     spec = make_spec(cfg, "cluster", progress)
     output_dir = Path(cfg.output_dir).expanduser()
     # Check the output and the labels before hours of work, not after.
-    check_mode(cfg.export.mode)
-    from ..export.training_set import check_format
-
-    check_format(cfg.export.format)
+    exporter, pose = build(cfg, "export"), build(cfg, "pose")  # export=folders | kohya | ... (conf/export/)
+    check_mode(exporter.mode)
     if cfg.labels:
         check_labels(str(cfg.labels))
-    prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite), check_only=True)
+    prepare_output(output_dir, spec.input_dir, exporter.overwrite, check_only=True)
     journal = review_journal(cfg)
     reviewed = review_decisions.facts(review_decisions.read_journal(journal)) if journal else None
     track = tracking.enabled(cfg.tracking)
@@ -124,24 +123,21 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
         # Names and hidden flags follow their people to whatever cluster numbers they got.
         meta = review_decisions.identity_meta(result.records, reviewed) if reviewed else None
         t0 = time.perf_counter()
-        prepare_output(output_dir, spec.input_dir, bool(cfg.export.overwrite))
-        export(result.records, output_dir, cfg.export.mode, bool(cfg.export.save_faces), spec.embedder, progress, meta=meta)
+        prepare_output(output_dir, spec.input_dir, exporter.overwrite)
+        export(result.records, output_dir, exporter.mode, exporter.save_faces, spec.embedder, progress, meta=meta)
         result.timings["export"] = time.perf_counter() - t0
-        save_embeddings(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
+        save_face_vectors(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
         models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
         report = build_report(result, OmegaConf.to_container(cfg, resolve=True), models, spec.input_dir.resolve(),
                               output_dir.resolve(), meta=meta)
         report["metrics"] = run_metrics(cfg, result)
-        write_json_atomic(output_dir / JSON_NAME, report)
+        write_report(output_dir, report)
         sheet = write_contact_sheet(report, result, output_dir)
-        if cfg.export.format != "folders":  # a training set too, read from the JSON just written
-            from ..export.training_set import training_set
-
-            done = training_set(cfg, progress)
+        done = exporter.write(output_dir, pose, spec.cache_dir, progress)  # what the format adds, from the JSON
     print_summary(report, console)
     console.print(f"wrote {output_dir / JSON_NAME}")
-    if cfg.export.format != "folders":
-        console.print(f"wrote a {cfg.export.format} training set ({done['files']} images) to {done['dest']}")
+    if done:
+        console.print(exporter.summary(done))
     if track:
         tracker = tracking.Tracker(cfg.tracking_uri, cfg.experiment_name)
         run_id = tracking.log_cluster_run(tracker, report, result.embeddings, row_labels(result), output_dir / JSON_NAME,

@@ -8,7 +8,7 @@ import pytest
 
 from idcluster.workflows import cluster as app
 from idcluster.errors import InputError
-from idcluster.export.folders import JSON_NAME, flat_name, identity_names
+from idcluster.export.report import JSON_NAME, flat_name, identity_names
 from idcluster.inputs.scan import sha256_file
 from rich.console import Console
 

@@ -16,7 +16,9 @@ from idcluster.cache.store import StageCache
 from idcluster.cli import app
 
 from tests.conftest import cluster_demo_subset
-from idcluster.config.compose import load_config
+from idcluster.config.compose import build, group_options, load_config
+from idcluster.errors import ConfigError
+from idcluster.pose.views import PoseSettings
 from idcluster.detectors.retinaface import RetinaFaceDetector
 from idcluster.pipeline.faces import select_face
 from idcluster.inputs.images import load_image
@@ -179,6 +181,33 @@ def test_every_pose_option_composes():
         cfg = load_config([f"pose={option}"], require_input=False)
         assert cfg.pose.method == option and cfg.pose.bins.front == 20
     assert load_config(["pose.method=kmeans"], require_input=False).pose.method == "kmeans"
+
+
+@pytest.mark.parametrize("option", group_options("pose"))
+def test_every_pose_option_builds_its_settings(option):
+    cfg = load_config([f"pose={option}", "pose.bins.front=15", "pose.kmeans.n_clusters=3"], require_input=False)
+    settings = build(cfg, "pose")
+    assert type(settings) is PoseSettings and cfg.pose._target_ == "idcluster.pose.views.PoseSettings"
+    assert settings.method == option and settings.bins == P.Bins(15, 55, 25)
+    assert (settings.n_clusters, settings.seed, settings.output_dir) == (3, 0, None)
+    assert settings.estimator.landmarks == P.DLIB68 and settings.estimator.max_error == 0.12
+    # and it runs: views of three poses (one missing face)
+    poses = [P.Pose(0, 0, 0, P.DLIB68, 0.0), P.Pose(40, 0, 0, P.DLIB68, 0.0), None]
+    views, _ = P.assign_views(poses, settings.method, settings.bins, settings.n_clusters, settings.seed)
+    assert views[2] == P.NO_FACE and len(set(views[:2])) == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("pose.method=nope", "pose.method must be one of bins, kmeans, got 'nope'"),
+    ("pose.landmarks=nose", "pose.landmarks must be dlib68 or five_point"),
+    ("pose.bins.front=wide", "bad pose config: could not convert string to float: 'wide'"),
+    ("pose.bins.front=80", "pose bins must satisfy 0 <= front <= three_quarter"),
+    ("+pose.kmeans.k=3", "unknown pose.kmeans key(s) k"),
+])
+def test_bad_pose_settings_are_one_config_error_line(override, message):
+    with pytest.raises(ConfigError) as info:
+        build(load_config([override], require_input=False), "pose")
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from idcluster.workflows import cluster as app
 from idcluster.cli import app as cli_app
 from idcluster.config.compose import load_config
-from idcluster.export.folders import JSON_NAME
+from idcluster.export.report import JSON_NAME
 from idcluster.evidence import decisions as D
 from idcluster.export.locking import output_lock
 from idcluster.review.server import COOKIE, create_app
@@ -552,3 +552,32 @@ def test_review_decisions_override_points_at_another_journal(clustered, out, tmp
 
     with pytest.raises(ConfigError, match="no such file"):
         recluster(clustered, fresh, clustered[1], f"review.decisions={tmp_path / 'missing.jsonl'}")
+
+
+def test_images_placed_without_a_face_stay_with_their_identity(out):
+    """An image placed by appearance (no clustered face) stays in its identity's folder, follows a
+    merge, and goes to noise only when its identity is emptied; undo brings it back, also after a restart."""
+    report = json.loads((out / JSON_NAME).read_text())
+    img = next(i for i in report["images"] if i["cluster"] >= 0)
+    img.update(face=None, face_index=None, face_clusters=[], faces=[], evidence="appearance")
+    (out / JSON_NAME).write_text(json.dumps(report))
+    ident, fname = img["cluster"], img["rel_path"].replace("/", "__")
+    store = ReviewStore(out)
+    folder = lambda: {d for d, files in disk_state(out).items() if fname in files}  # noqa: E731
+    assert folder() == {store.folder_names()[ident]}
+    assert_consistent(out)
+    other = next(i for i in sorted(store.state.live_ids()) if i != ident)
+    store.act({"op": "merge", "ids": [other, ident], "into": other})
+    assert folder() == {store.folder_names()[other]}
+    assert_consistent(out)
+    store.act({"op": "undo"})
+    store.act({"op": "move", "faces": store.state.members(ident), "to": -1})
+    assert folder() == {"noise"}
+    entry = next(i for i in assert_consistent(out)["images"] if i["rel_path"] == img["rel_path"])
+    assert entry["cluster"] == -1 and entry["reason"] == "review_noise"
+    del store
+    again = ReviewStore(out)  # a new session: the JSON says noise, the journal's base still knows
+    again.act({"op": "undo"})
+    assert folder() == {again.folder_names()[ident]}
+    entry = next(i for i in assert_consistent(out)["images"] if i["rel_path"] == img["rel_path"])
+    assert entry["cluster"] == ident and entry["reason"] is None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from idcluster.export.folders import JSON_NAME
+from idcluster.export.report import JSON_NAME
 from idcluster.evidence import decisions as D
 
 from tests.review.test_review import assert_consistent, clustered, disk_state  # noqa: F401 (fixture)

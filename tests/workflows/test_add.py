@@ -15,7 +15,7 @@ from idcluster.workflows.cluster import make_spec
 from idcluster.cli import app
 from idcluster.config.compose import load_config
 from idcluster.experiments.evaluation import link_sets
-from idcluster.export.folders import JSON_NAME
+from idcluster.export.report import JSON_NAME
 from idcluster.workflows.add import assign
 from idcluster.experiments.metrics import bcubed_prf
 
