@@ -23,25 +23,24 @@ from ..records import Face
 
 
 def _build(spec: Any, device: str, threads: int):
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import get_class
     from omegaconf import DictConfig, OmegaConf
+
+    from ..config.compose import instantiate_node
 
     if not isinstance(spec, (dict, DictConfig)) or "_target_" not in spec:
         return spec  # already a detector object
     cfg = OmegaConf.create(OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec))
     try:
         cls = get_class(cfg._target_)
-    except Exception as e:  # noqa: BLE001
+    except (ImportError, ValueError) as e:  # no such module/class, or not a class
         raise ConfigError(f"detector.detectors: cannot import {cfg._target_}: {e}") from None
     accepted = inspect.signature(cls.__init__).parameters
     for key, value in (("device", device), ("threads", threads)):
         if key in accepted and key not in cfg:
             cfg[key] = value
-    try:
-        return instantiate(cfg)
-    except Exception as e:  # noqa: BLE001 - a bad member argument: one line naming the member
-        cause = e.__cause__ or e
-        raise ConfigError(f"detector.detectors: cannot build {cfg._target_}: {cause}") from None
+    # A bad member argument: one line naming the member; a bug in a member propagates.
+    return instantiate_node(cfg, f"detector.detectors: cannot build {cfg._target_}")
 
 
 class ChainDetector:

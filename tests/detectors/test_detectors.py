@@ -336,6 +336,18 @@ def test_chain_config_errors():
         ChainDetector([Spy([])], names=["a", "b"])
     with pytest.raises(ConfigError, match=r"cannot build idcluster.detectors.cascade.CascadeDetector: .*bogus"):
         ChainDetector([{"_target_": "idcluster.detectors.cascade.CascadeDetector", "bogus": 1}])
+    with pytest.raises(ConfigError, match=r"^detector.detectors: cannot import nowhere.Detector: "):
+        ChainDetector([{"_target_": "nowhere.Detector"}])
+
+
+class BrokenMember:
+    def __init__(self, threads: int = 0):
+        raise RuntimeError("a bug in a member")
+
+
+def test_a_bug_in_a_chain_member_is_not_reported_as_a_config_error():
+    with pytest.raises(RuntimeError, match="a bug in a member"):
+        ChainDetector([{"_target_": f"{__name__}.BrokenMember"}])
 
 
 def test_auto_config_builds_the_guides_chain(group_photo):
