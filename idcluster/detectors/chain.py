@@ -8,17 +8,20 @@ changing any member changes the detect cache key.
 
 The members are given as configs (`_target_` + arguments) and built here, so
 `device` and `threads` are set once for the whole chain and stay out of the
-members' parameters (and so out of cache keys).
+members' parameters (and so out of cache keys); `with_threads` gives a chain of
+re-threaded copies (for worker processes) without touching these members.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..models.lazy import rethreaded
 from ..records import Face
 
 
@@ -54,17 +57,12 @@ class ChainDetector:
         if len(self.names) != len(self.detectors):
             raise ConfigError("detector.names must name each of detector.detectors")
 
-    @property
-    def threads(self) -> int:
-        return self._threads
-
-    @threads.setter
-    def threads(self, value: int) -> None:
-        # The pipeline sets threads=1 on the detector it sends to worker processes: pass it on.
-        self._threads = value
-        for d in getattr(self, "detectors", []):
-            if hasattr(d, "threads"):
-                d.threads = value
+    def with_threads(self, threads: int) -> "ChainDetector":
+        """A chain of copies running on `threads` threads each (for worker processes); this one is unchanged."""
+        clone = copy.copy(self)
+        clone.threads = threads
+        clone.detectors = [rethreaded(d, threads) for d in self.detectors]
+        return clone
 
     @property
     def model_id(self) -> str:

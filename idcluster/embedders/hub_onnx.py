@@ -30,13 +30,16 @@ from ..models.lookup import find_hub_files
 from ..records import Face
 from ..models.runtime import onnx_session
 from ..models.weights import file_sha256
+from .base import LazyModel
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
-class HubOnnxEmbedder:
+class HubOnnxEmbedder(LazyModel):
     """Shared loading/batching; subclasses set repo_id, files(), id_prefix and preprocess()."""
+
+    _loaded = ("_session",)
 
     repo_id: str
     id_prefix: str
@@ -48,7 +51,6 @@ class HubOnnxEmbedder:
         self.model, self.model_dir, self.batch_size = model, model_dir, batch_size
         self.download, self.device, self.threads = download, device, threads
         self._paths: list[Path] | None = None
-        self._session = None
 
     def files(self) -> list[str]:
         raise NotImplementedError
@@ -104,11 +106,6 @@ class HubOnnxEmbedder:
             return np.zeros((0, 0), np.float32)
         X = np.concatenate(out)
         return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_session"] = None
-        return state
 
 
 def _clip_normalise(rgb: np.ndarray) -> np.ndarray:

@@ -358,8 +358,12 @@ def test_auto_config_builds_the_guides_chain(group_photo):
     assert chain.names == ["retinaface", "mtcnn", "opencv"]
     assert [type(d).__name__ for d in chain.detectors] == ["RetinaFaceDetector", "MTCNNDetector", "CascadeDetector"]
     assert chain.detectors[0].device == "cuda" and chain.detectors[1].threads == 3
-    chain.threads = 1  # what the pipeline does for worker processes reaches every member
-    assert chain.detectors[0].threads == 1 and chain.detectors[1].threads == 1
+    one = chain.with_threads(1)  # what the pipeline does for worker processes reaches every member ...
+    assert one.detectors[0].threads == 1 and one.detectors[1].threads == 1 and one.threads == 1
+    assert chain.detectors[0].threads == 3 and chain.detectors[1].threads == 3  # ... of a copy: these stay
+    assert one.detectors[0] is not chain.detectors[0] and one.detectors[1] is not chain.detectors[1]
+    assert one.detectors[2] is chain.detectors[2]  # the cascade has no thread setting: nothing to change
+    assert one.model_id == chain.model_id
     p = params(cfg, "detector")
     assert "device" not in str(p) and "threads" not in str(p)  # runtime keys stay out of cache keys
     assert params(load_config(["input_dir=x", "detector=auto", "detector.detectors.2.min_neighbors=8"]), "detector") != p
