@@ -160,3 +160,34 @@ def test_what_the_user_caused_is_one_config_error_line():
     with pytest.raises(ConfigError, match=r"^cannot build detector from config: detector.backend must be one of"):
         build(cfg, "detector")
 
+
+# ---------------------------------------------------------------- runners: every option builds and runs
+
+
+def _double(spec, items):  # a picklable work function: one result per item
+    return [spec * item for item in items]
+
+
+class _Stages(int):
+    def for_workers(self):
+        return self
+
+
+@pytest.mark.parametrize("option", [pytest.param(o, marks=[pytest.mark.ray] if o == "ray" else [])
+                                    for o in group_options("runner")])
+def test_every_runner_option_composes_builds_and_runs(option):
+    cfg = load_config(["input_dir=x", f"runner={option}", "workers=2"])
+    runner = build(cfg, "runner")
+    target = cfg.runner._target_
+    assert f"{type(runner).__module__}.{type(runner).__name__}" == target
+    if option == "ray":
+        ray = pytest.importorskip("ray")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        got, ticks = {}, []
+        items = list(range(1, 11))  # enough for runner=local to start its process pool
+        runner.run(_Stages(3), items, _double, lambda item, out: got.__setitem__(item, out), lambda: ticks.append(1))
+        assert got == {i: 3 * i for i in items} and len(ticks) == len(items)
+    finally:
+        if option == "ray":
+            ray.shutdown()
