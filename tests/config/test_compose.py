@@ -164,30 +164,30 @@ def test_what_the_user_caused_is_one_config_error_line():
 # ---------------------------------------------------------------- runners: every option builds and runs
 
 
-def _double(spec, items):  # a picklable work function: one result per item
-    return [spec * item for item in items]
-
-
-class _Stages(int):
-    def for_workers(self):
-        return self
-
-
 @pytest.mark.parametrize("option", [pytest.param(o, marks=[pytest.mark.ray] if o == "ray" else [])
                                     for o in group_options("runner")])
-def test_every_runner_option_composes_builds_and_runs(option):
+def test_every_runner_option_composes_builds_and_runs(option, tmp_path):
+    from PIL import Image
+
+    from idcluster.detectors.whole_image import WholeImageDetector
+    from idcluster.pipeline.work import ImageStages, WorkItem, work_batch
+
     cfg = load_config(["input_dir=x", f"runner={option}", "workers=2"])
     runner = build(cfg, "runner")
-    target = cfg.runner._target_
-    assert f"{type(runner).__module__}.{type(runner).__name__}" == target
+    assert f"{type(runner).__module__}.{type(runner).__name__}" == cfg.runner._target_
     if option == "ray":
         ray = pytest.importorskip("ray")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
+        items = []
+        for i in range(10):  # enough for runner=local to start its process pool
+            Image.new("RGB", (20 + i, 30), (i, 0, 0)).save(tmp_path / f"{i}.png")
+            items.append(WorkItem(i, str(tmp_path / f"{i}.png")))
         got, ticks = {}, []
-        items = list(range(1, 11))  # enough for runner=local to start its process pool
-        runner.run(_Stages(3), items, _double, lambda item, out: got.__setitem__(item, out), lambda: ticks.append(1))
-        assert got == {i: 3 * i for i in items} and len(ticks) == len(items)
+        runner.run(ImageStages(WholeImageDetector()), items, work_batch,
+                   lambda item, out: got.__setitem__(item.index, out), lambda: ticks.append(1))
+        assert len(ticks) == len(items)
+        assert {i: (out.detection.width, len(out.detection.faces)) for i, out in got.items()} == {i: (20 + i, 1) for i in range(10)}
     finally:
         if option == "ray":
             ray.shutdown()
