@@ -37,8 +37,11 @@ app.add_typer(cache_app, name="cache")
 @app.callback()
 def _options(
     project: Optional[Path] = typer.Option(None, "--project", help="Project file (default: ./idcluster.toml if present)."),
+    debug: bool = typer.Option(False, "--debug", help="On a bug in idcluster, print its full traceback "
+                               "(also: IDCLUSTER_DEBUG=1; else it is written to a file the error line names)."),
 ) -> None:
     STATE["project"] = project
+    STATE["debug"] = debug
 
 
 def main() -> None:

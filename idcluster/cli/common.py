@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import platform
+import sys
+import tempfile
+import traceback
 from typing import Optional
 
 import typer
+from typer.exceptions import TyperException
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -42,8 +48,18 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
+DEBUG_ENV = "IDCLUSTER_DEBUG"
+
+
+def debug() -> bool:
+    """--debug on the command line, or IDCLUSTER_DEBUG set to anything but 0/empty."""
+    return bool(STATE["debug"]) or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+
+
 def handle_errors(fn):
-    """User-caused failures: one line on stderr and a non-zero exit, never a traceback."""
+    """What the user caused (IdclusterError): one line on stderr, exit 2, never a traceback.
+    Anything else is a bug in idcluster: one line saying so and where its traceback is, exit 1
+    (the traceback in full on stderr with --debug / IDCLUSTER_DEBUG=1). Ctrl-C: exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -57,12 +73,52 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             err.print("interrupted: finished images are cached; run the same command again to resume", highlight=False)
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, TyperException):  # the command line's own control flow
+            raise
+        except Exception as e:  # noqa: BLE001 - the one place a bug is caught: reported as a bug
+            report_bug(e)
+            raise typer.Exit(1) from None
 
     return wrapper
 
 
-# Set by the app callback (--project FILE); None = ./idcluster.toml when present.
-STATE: dict = {"project": None}
+def report_bug(e: BaseException) -> None:
+    """One line on stderr: a bug, not the user's doing, and where its traceback is."""
+    what = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    text = "".join(traceback.format_exception(e))
+    if debug():
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        where = "the traceback is above"
+    else:
+        path = _write_report(text)
+        where = (f"traceback in {path}" if path else
+                 f"run again with `idcluster --debug ...` or {DEBUG_ENV}=1 to see the traceback")
+    err.print(f"[bold red]bug:[/] this is a bug in idcluster, not something you did ({escape(what)}); "
+              f"{escape(where)}; please report it", highlight=False, soft_wrap=True)
+
+
+def _write_report(text: str) -> str | None:
+    """The traceback and versions in a file of the temp folder; None when it cannot be written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("idcluster")
+    except PackageNotFoundError:
+        ours = "unknown"
+    head = (f"idcluster {ours}, Python {platform.python_version()} on {platform.platform()}\n"
+            f"command: {' '.join(sys.argv)}\n\n")
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="idcluster-bug-", suffix=".txt", delete=False,
+                                         encoding="utf-8") as f:
+            f.write(head + text)
+        return f.name
+    except OSError:
+        return None
+
+
+# Set by the app callback (--project FILE, --debug); project None = ./idcluster.toml when present.
+STATE: dict = {"project": None, "debug": False}
 
 
 def project():

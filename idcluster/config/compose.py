@@ -1,24 +1,28 @@
 """Compose the run config with Hydra's compose API (Typer owns the command line).
 
 Overrides use Hydra's grammar (`group=option`, `key=value`, `+new_key=value`);
-every Hydra/OmegaConf error becomes one ConfigError line.
+every Hydra/OmegaConf error becomes one ConfigError line. Building a component
+(`build`, `instantiate_node`) tells the user's mistakes (a key that does not fit
+the class, a value the constructor rejects with an IdclusterError) from bugs in
+the constructor, which propagate as they are.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from hydra.utils import instantiate
+from hydra.errors import HydraException, InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..cache.store import default_cache_dir
-from ..errors import ConfigError
+from ..errors import ConfigError, IdclusterError
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +122,56 @@ def require_input_dir(cfg: DictConfig) -> None:
 
 
 def build(cfg: DictConfig, group: str) -> Any:
-    """Instantiate the component chosen for `group`; bad parameters are a ConfigError."""
+    """Instantiate the component chosen for `group`; the user's mistakes are a ConfigError."""
     node = cfg[group]
     if group in META_GROUPS:
         node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in META_KEYS})
+    return instantiate_node(node, f"cannot build {group} from config")
+
+
+def instantiate_node(node: DictConfig, what: str) -> Any:
+    """hydra.utils.instantiate(node); what the user caused is one ConfigError line `what: reason`.
+
+    Hydra wraps whatever a constructor raises (InstantiationException). The user's: a
+    `_target_` that does not exist, keys that do not fit the class's signature (a typo,
+    a missing argument), an IdclusterError the constructor raised on a value (ConfigError,
+    ModelError), and Hydra's/OmegaConf's own complaints about the config. Anything else
+    is a bug in the constructor: its own exception propagates, traceback and all.
+    """
     try:
         return instantiate(node)
-    except HydraException as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"cannot build {group} from config: {_one_line(cause)}") from None
+    except InstantiationException as e:
+        cause = e.__cause__
+        if not _user_caused(node, cause):
+            raise cause from None
+        raise ConfigError(f"{what}: {_one_line(cause or e)}") from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"{what}: {_one_line(e)}") from None
+
+
+def _user_caused(node: DictConfig, cause: BaseException | None) -> bool:
+    if cause is None or isinstance(cause, (IdclusterError, HydraException, OmegaConfBaseException)):
+        return True
+    if isinstance(cause, ImportError):  # locating `_target_`: Hydra wraps the import's own error
+        original = cause.__cause__
+        return original is None or isinstance(original, (ModuleNotFoundError, AttributeError))
+    if isinstance(cause, TypeError):
+        return not _arguments_fit(node)
+    return False
+
+
+def _arguments_fit(node: DictConfig) -> bool:
+    """Whether the node's keys bind to its `_target_`'s signature (a TypeError despite that is a bug)."""
+    keys = [str(k) for k in node if not (str(k).startswith("_") and str(k).endswith("_"))]
+    try:
+        signature = inspect.signature(get_object(str(node["_target_"])))
+    except (ImportError, ValueError, TypeError):  # not introspectable: cannot tell, so not a bug of ours
+        return False
+    try:
+        signature.bind(**dict.fromkeys(keys))
+    except TypeError:
+        return False
+    return True
 
 
 def params(cfg: DictConfig, group: str) -> dict:

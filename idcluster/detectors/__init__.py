@@ -1,1 +1,1 @@
-"""Face detectors: `detect(image RGB uint8) -> list[Face]`, plus `model_id` for cache keys."""
+"""Face detectors: one module per model family; the Protocol and shared base are in base.py."""

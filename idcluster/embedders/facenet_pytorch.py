@@ -19,12 +19,14 @@ from ..errors import ConfigError, ModelError
 from ..records import Face
 from ..models.runtime import torch_device
 from ..models.weights import file_sha256
+from .base import LazyModel
 
 RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 WEIGHTS = {"vggface2": "20180402-114759-vggface2.pt", "casia-webface": "20180408-102900-casia-webface.pt"}
 
 
-class FaceNetPytorchEmbedder:
+class FaceNetPytorchEmbedder(LazyModel):
+    _loaded = ("_net",)  # InceptionResnetV1 on its device
     dim = 512
     alignment = "similarity warp of the 5 landmarks to the ArcFace template scaled to image_size"
     normalisation = "facenet-pytorch fixed standardisation (x - 127.5) / 128, RGB"
@@ -49,7 +51,6 @@ class FaceNetPytorchEmbedder:
         self.device = device
         self.threads = threads
         self._path = None
-        self._net = None
 
     @property
     def input_size(self) -> int:
@@ -92,11 +93,6 @@ class FaceNetPytorchEmbedder:
             self._device = torch_device(self.device)
             self._net = net.eval().to(self._device)
         return self._net
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_net"] = None
-        return state
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         return warp_to_template(image, face.landmarks_array(), self.image_size)

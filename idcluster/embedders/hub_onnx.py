@@ -9,7 +9,7 @@
   `pixel_values`, output `image_embeds`): shorter side to 224 (bicubic),
   centre crop 224, CLIP mean/std.
 
-Lookup (DESIGN.md): `model_dir` (an explicit folder holding the files), then
+Lookup (DESIGN.md; `models.lookup.find_hub_files`): `model_dir` (an explicit folder holding the files), then
 the local Hugging Face cache (huggingface_hub, local files only), then a
 download from the hub after a reachability probe; offline, one ModelError line
 naming `embedder.model_dir` and the offline embedders. Never a silent switch.
@@ -20,61 +20,26 @@ installed, else runs on CPU with one warning (runtime.onnx_providers).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..errors import ModelError
-from ..models.lookup import reachable
+from ..models.lookup import find_hub_files
 from ..records import Face
 from ..models.runtime import onnx_session
 from ..models.weights import file_sha256
+from .base import LazyModel
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-OFFLINE = "embedder=appearance (offline, no model) or embedder=dlib"
 
 
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def find_hub_files(repo_id: str, files: list[str], model_dir: str | None, option: str,
-                   download: bool = True) -> list[Path]:
-    """Local paths of `files` of a hub repo: model_dir, the HF cache, then a download."""
-    names = [Path(f).name for f in files]
-    if model_dir:
-        d = Path(model_dir).expanduser()
-        found = [d / n for n in names]
-        missing = [str(p) for p in found if not p.is_file()]
-        if missing:
-            raise ModelError(f"{option}={model_dir}: missing {', '.join(missing)} (needs {', '.join(names)})")
-        return found
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return [Path(hf_hub_download(repo_id, f, local_files_only=True)) for f in files]
-    except LocalEntryNotFoundError:
-        pass
-    url = f"{hub_endpoint()}/{repo_id}"
-    hint = (f"download {', '.join(files)} from {url} into a folder and pass {option}=/path/to/folder, "
-            f"or run once online (files go to the Hugging Face cache); offline instead: {OFFLINE}")
-    if not download:
-        raise ModelError(f"{repo_id}: {files[0]} not in the Hugging Face cache (downloads off): {hint}")
-    if not reachable(url):
-        raise ModelError(f"{repo_id}: {files[0]} not in the Hugging Face cache and {url} cannot be reached (offline?): {hint}")
-    try:
-        return [Path(hf_hub_download(repo_id, f)) for f in files]
-    except Exception as e:  # noqa: BLE001 - network/hub errors, reported as one line
-        raise ModelError(f"downloading {files[0]} from {url} failed ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160] if str(e) else ''}): {hint}") from None
-
-
-class HubOnnxEmbedder:
+class HubOnnxEmbedder(LazyModel):
     """Shared loading/batching; subclasses set repo_id, files(), id_prefix and preprocess()."""
+
+    _loaded = ("_session",)
 
     repo_id: str
     id_prefix: str
@@ -86,7 +51,6 @@ class HubOnnxEmbedder:
         self.model, self.model_dir, self.batch_size = model, model_dir, batch_size
         self.download, self.device, self.threads = download, device, threads
         self._paths: list[Path] | None = None
-        self._session = None
 
     def files(self) -> list[str]:
         raise NotImplementedError
@@ -142,11 +106,6 @@ class HubOnnxEmbedder:
             return np.zeros((0, 0), np.float32)
         X = np.concatenate(out)
         return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_session"] = None
-        return state
 
 
 def _clip_normalise(rgb: np.ndarray) -> np.ndarray:

@@ -3,13 +3,21 @@
 Pillow handles the formats (PNG, JPEG, WebP, BMP, PGM, TIFF, ...); this module
 normalises what they decode to: EXIF orientation applied, greyscale and palette
 expanded to RGB, alpha composited on a neutral grey, 16-bit scaled to 8-bit.
+
+Two failures, kept apart because only one may be cached: the bytes are not an
+image these decoders read (ImageDecodeError: the same every time, for the same
+`decoders_id()`), or the file could not be read now (ImageReadError: an OSError
+from the operating system, which may pass on the next run).
 """
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Neutral grey behind transparent pixels: neither black nor white, so instance
@@ -20,7 +28,20 @@ Image.MAX_IMAGE_PIXELS = 200_000_000  # allow large photos, still stop decompres
 
 
 class ImageDecodeError(Exception):
-    """The file is not an image Pillow can decode."""
+    """The file gives no pixels: not an image Pillow can decode (or, as ImageReadError, not readable now)."""
+
+
+class ImageReadError(ImageDecodeError):
+    """Reading the file failed (missing, no permission, I/O error): it may succeed next time."""
+
+
+@lru_cache(maxsize=1)
+def decoders_id() -> str:
+    """The decoders of this process (Pillow's version and the formats it opens): a file these
+    failed to decode fails again under the same id, and may decode under another."""
+    Image.init()  # registers every plugin Pillow has, as a failed Image.open would
+    formats = ",".join(sorted(Image.OPEN))
+    return f"Pillow {PIL.__version__} {hashlib.sha256(formats.encode()).hexdigest()[:12]}"
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -38,12 +59,17 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Return an HxWx3 uint8 RGB array, or raise ImageDecodeError."""
+    """Return an HxWx3 uint8 RGB array, or raise ImageDecodeError (ImageReadError: try again later)."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             return pil_to_rgb(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except OSError as e:
+        # The operating system's errors carry an errno; Pillow's own "not an image",
+        # "truncated" or "broken data stream" OSErrors do not.
+        error = ImageReadError if e.errno is not None and not isinstance(e, UnidentifiedImageError) else ImageDecodeError
+        raise error(f"{type(e).__name__}: {e}") from None
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
 
 

@@ -3,12 +3,13 @@
 The file is found once (`model_store.find_pack_model`: explicit path, the local
 store, then InsightFace's download), hashed for `model_id`, loaded lazily by
 InsightFace's own `model_zoo.get_model` with our providers and threads, and
-dropped when pickled (worker processes load their own).
+dropped when pickled (worker processes load their own: models.lazy).
 """
 
 from __future__ import annotations
 
 from ..errors import ModelError
+from .lazy import LazyModel
 from .runtime import onnx_providers, onnx_session_options
 from .weights import file_sha256
 
@@ -27,10 +28,11 @@ def load_insightface_model(path, kind: type, device: str, threads: int):
     return model
 
 
-class PackModel:
-    """Mixin: subclasses set `role` ("detection" | "recognition") and `id_prefix`, and
-    have `pack`, `root`, `download`, `device`, `threads`, `_path = None`, `_model = None`."""
+class PackModel(LazyModel):
+    """Base: subclasses set `role` ("detection" | "recognition") and `id_prefix`, and
+    have `pack`, `root`, `download`, `device`, `threads`, `_path = None`."""
 
+    _loaded = ("_model",)  # InsightFace's SCRFD / ArcFaceONNX
     role: str
     id_prefix: str
 
@@ -48,8 +50,3 @@ class PackModel:
 
     def _load(self, kind: type):
         return load_insightface_model(self.model_path(), kind, self.device, self.threads)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_model"] = None
-        return state

@@ -1,4 +1,4 @@
-"""Finding model files that do not ship in a wheel: InsightFace packs, torch checkpoints.
+"""Finding model files that do not ship in a wheel: InsightFace packs, torch checkpoints, Hugging Face hub files.
 
 Lookup order (DESIGN.md): an explicit path from the config, the local model
 store, then the backend's own download. A download is only attempted after a
@@ -20,6 +20,8 @@ from ..errors import ModelError
 # Offline choices to suggest when a downloadable model is missing.
 OFFLINE_EMBEDDERS = "embedder=dlib (default) or embedder=facenet"
 OFFLINE_DETECTORS = "detector=retinaface (default), detector=opencv or detector=none"
+# ... and for the whole-instance embedders (ccip, clip).
+OFFLINE_INSTANCE_EMBEDDERS = "embedder=appearance (offline, no model) or embedder=dlib"
 
 INSIGHTFACE_URL = "https://github.com/deepinsight/insightface/releases/download/model-zoo/"
 # Files of the common packs, for messages only (routing is by model shape, as InsightFace does).
@@ -207,3 +209,42 @@ def find_torch_checkpoint(filename: str, url: str, explicit: str | None, option:
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"downloading {url} failed ({type(e).__name__}): {hint}") from None
     return dest
+
+
+# ---------------------------------------------------------------- Hugging Face hub files
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def find_hub_files(repo_id: str, files: list[str], model_dir: str | None, option: str,
+                   download: bool = True) -> list[Path]:
+    """Local paths of `files` of a hub repo: model_dir, the HF cache, then a download."""
+    names = [Path(f).name for f in files]
+    if model_dir:
+        d = Path(model_dir).expanduser()
+        found = [d / n for n in names]
+        missing = [str(p) for p in found if not p.is_file()]
+        if missing:
+            raise ModelError(f"{option}={model_dir}: missing {', '.join(missing)} (needs {', '.join(names)})")
+        return found
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return [Path(hf_hub_download(repo_id, f, local_files_only=True)) for f in files]
+    except LocalEntryNotFoundError:
+        pass
+    url = f"{hub_endpoint()}/{repo_id}"
+    hint = (f"download {', '.join(files)} from {url} into a folder and pass {option}=/path/to/folder, "
+            f"or run once online (files go to the Hugging Face cache); offline instead: {OFFLINE_INSTANCE_EMBEDDERS}")
+    if not download:
+        raise ModelError(f"{repo_id}: {files[0]} not in the Hugging Face cache (downloads off): {hint}")
+    if not reachable(url):
+        raise ModelError(f"{repo_id}: {files[0]} not in the Hugging Face cache and {url} cannot be reached (offline?): {hint}")
+    try:
+        return [Path(hf_hub_download(repo_id, f)) for f in files]
+    except Exception as e:  # noqa: BLE001 - network/hub errors, reported as one line
+        raise ModelError(f"downloading {files[0]} from {url} failed ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else ''}): {hint}") from None

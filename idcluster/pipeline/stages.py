@@ -1,7 +1,8 @@
 """The pipeline: scan -> detect -> select/filter -> embed -> reduce -> cluster.
 
 Stages are functions over ImageRecords and constructed components; this module
-wraps them with the content-addressed cache, a process pool and progress bars.
+wraps them with the content-addressed cache and progress bars. The per-image work
+(pipeline/work.py) runs on the Spec's runner (runners/: a local process pool, Ray).
 Per-image results are cached as each image finishes, so an interrupted run
 resumes where it stopped; set-level results (reduce, cluster) are keyed by the
 hash of their inputs and parameters, so a clusterer change re-runs only
@@ -12,15 +13,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-import multiprocessing
-import os
-import pickle
-import signal
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,20 +24,18 @@ import numpy as np
 from .. import records as R
 from ..cache.store import StageCache, cache_key
 from ..clustering.constraints import Constraints
-from ..errors import CacheMiss, ConfigError, InputError, PipelineError
-from .faces import blur_score, select_face
-from ..inputs.images import ImageDecodeError, load_image
-from ..progress import stage_bar
-from ..records import Face, ImageRecord
+from ..errors import CacheMiss, ConfigError, InputError
 from ..inputs.scan import scan_folder
 from ..inputs.stat_index import StatIndex
+from ..progress import stage_bar
+from ..records import ImageRecord
+from ..runners.local import LocalRunner, default_workers  # noqa: F401 - default_workers: callers' name for it
+from .work import Detection, ImageStages, WorkItem, WorkResult, choose_face, faces_to_embed, work_batch
 
 log = logging.getLogger(__name__)
 
 # Cache namespaces; bump a version when the stored format changes.
 DETECT, EMBED, REDUCE, CLUSTER = "detect-v1", "embed-v1", "reduce-v1", "cluster-v1"
-# Below this many images to process, a process pool costs more than it saves.
-POOL_MIN_TASKS = 8
 
 
 @dataclass
@@ -59,15 +52,19 @@ class Spec:
     select: str = "largest"
     min_face_size: float = 0.0
     blur_threshold: float = 0.0
-    workers: int = 1
-    batch_images: int = 16  # images per work unit: their faces share one embedder forward pass
+    workers: int = 1  # with runner=None: the LocalRunner's processes
+    batch_images: int = 16  # with runner=None: images per work unit (their faces share one embedder call)
     exclude: list[Path] = field(default_factory=list)  # folders inside input_dir to skip
     progress: bool = True
-    runner: Any = None  # None: local process pool; else idcluster.runners.Runner (e.g. Ray)
+    runner: Any = None  # idcluster.runners.Runner (LocalRunner, RayRunner); None: LocalRunner(workers, batch_images)
     # Seeds, review decisions, video tracks/frames: each maps the records (rows
     # assigned) to Constraints over embedding rows; their union reaches the clusterer.
     constraint_sources: list[Callable[[list[ImageRecord]], Constraints]] = field(default_factory=list)
     appearance: Any = None  # appearance.AppearanceAssigner: faceless images join identities after clustering
+
+    def image_stages(self) -> ImageStages:
+        """The per-image part, what runners execute (set-level estimators stay in the driver)."""
+        return ImageStages(self.detector, self.embedder, self.select, self.min_face_size)
 
 
 @dataclass
@@ -82,181 +79,12 @@ class Result:
     clusterer_ran: dict = field(default_factory=dict)  # clustering.base.what_runs: the estimator that partitioned the faces
 
 
-# ---------------------------------------------------------------- per-image work
-
-
-def _detection_entry(faces: list[Face], shape) -> dict:
-    return {"faces": [f.to_dict() for f in faces], "width": int(shape[1]), "height": int(shape[0])}
-
-
-def _apply_detection(rec: ImageRecord, entry: dict) -> None:
-    if entry.get("error"):
-        rec.reason, rec.detail = R.UNREADABLE, entry["error"]
-        return
-    rec.width, rec.height = entry["width"], entry["height"]
-    rec.faces = [Face.from_dict(f) for f in entry["faces"]]
-
-
-def _choose(rec: ImageRecord, spec: Spec) -> None:
-    """Pick the image's face and apply the size filter (pure, cheap: runs every time)."""
-    if rec.reason == R.UNREADABLE:
-        return
-    rec.face_index = select_face(rec.faces, spec.select)
-    if rec.face_index is None:
-        rec.reason, rec.detail = R.NO_FACE, "no face detected"
-    elif rec.face.size < spec.min_face_size:
-        rec.reason = R.FACE_TOO_SMALL
-        rec.detail = f"face {rec.face.size:.0f}px < faces.min_face_size={spec.min_face_size:g}"
-
-
-def _embed_indices(rec: ImageRecord, spec: Spec) -> list[int]:
-    """Faces of a record to embed: the chosen one, or with faces.select=all every face
-    passing the size filter (the chosen one first)."""
-    if rec.reason is not None:
-        return []
-    if spec.select != "all":
-        return [rec.face_index]
-    others = [k for k, f in enumerate(rec.faces) if k != rec.face_index and f.size >= spec.min_face_size]
-    return [rec.face_index, *others]
-
-
-def _decode_detect(spec: Spec, task: dict, out: dict):
-    """Decode one image and detect if needed; returns (image, face indices to embed)."""
-    t0 = time.perf_counter()
-    try:
-        image = load_image(task["path"])
-    except ImageDecodeError as e:
-        out["detection"] = {"error": str(e)}
-        out["times"]["decode"] = time.perf_counter() - t0
-        return None, []
-    t1 = time.perf_counter()
-    out["times"]["decode"] = t1 - t0
-    entry = task["detection"]
-    if entry is None:
-        entry = out["detection"] = _detection_entry(spec.detector.detect(image), image.shape)
-        out["times"]["detect"] = time.perf_counter() - t1
-    if not task["embed"]:
-        return image, []
-    indices = task["embed_faces"]
-    if indices is None:  # detected just now: choose here
-        rec = ImageRecord(path=task["path"], rel_path="", size=0)
-        _apply_detection(rec, entry)
-        _choose(rec, spec)
-        indices = _embed_indices(rec, spec)
-    return image, [(k, Face.from_dict(entry["faces"][k])) for k in indices]
-
-
-def work_batch(spec: Spec, tasks: list[dict]) -> list[dict]:
-    """Decode, detect and align each image of `tasks`, then embed the faces of all of
-    them in one call (one forward pass where the embedder batches); one result per task.
-
-    The unit every runner executes (the local process pool here; a Ray runner can map
-    it over batches): it reads only the images and the constructed components, and
-    its results go into the content cache via `detect_and_embed`'s on_result.
-    """
-    outs: list[dict] = []
-    chips: list[np.ndarray] = []
-    owners: list[tuple[int, int]] = []  # (position in tasks, face index) of each chip
-    align_s = 0.0
-    for n, task in enumerate(tasks):
-        out: dict = {"times": {}}
-        outs.append(out)
-        image, faces = _decode_detect(spec, task, out)
-        t0 = time.perf_counter()
-        for k, face in faces:
-            chips.append(spec.embedder.align(image, face))
-            owners.append((n, k))
-        align_s += time.perf_counter() - t0
-    if not chips:
-        return outs
-    t0 = time.perf_counter()
-    vectors = spec.embedder.embed(chips)
-    share = (align_s + time.perf_counter() - t0) / len(chips)  # embed time, split per face
-    for (n, k), vector, chip in zip(owners, vectors, chips):
-        outs[n].setdefault("embeddings", {})[k] = (vector, blur_score(chip))
-        outs[n]["times"]["embed"] = outs[n]["times"].get("embed", 0.0) + share
-    return outs
-
-
-def _work(spec: Spec, task: dict) -> dict:
-    """Decode one image, detect if needed, and embed the faces still missing."""
-    return work_batch(spec, [task])[0]
-
-
-_WORKER_SPEC: Spec | None = None
-
-
-def _init_worker(blob: bytes) -> None:
-    global _WORKER_SPEC
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    import cv2
-
-    cv2.setNumThreads(1)  # one image per core; no nested thread pools
-    _WORKER_SPEC = pickle.loads(blob)
-
-
-def _work_in_pool(tasks: list[dict]) -> list[dict]:
-    return work_batch(_WORKER_SPEC, tasks)
-
-
-def _batches(tasks: list[dict], size: int):
-    for i in range(0, len(tasks), size):
-        yield tasks[i:i + size]
-
-
-def _run_tasks(spec: Spec, tasks: list[dict], on_result, label: str) -> None:
-    """Run tasks inline, on a process pool (in batches of spec.batch_images) or on spec.runner,
-    calling on_result(task, out) in the parent as each batch finishes (so an interrupted run
-    loses at most the batches in flight)."""
-    size = max(1, spec.batch_images)
-    with stage_bar(label, len(tasks), spec.progress) as bar:
-        if spec.runner is None and (spec.workers <= 1 or len(tasks) < POOL_MIN_TASKS):
-            for batch in _batches(tasks, size):
-                for task, out in zip(batch, work_batch(spec, batch)):
-                    on_result(task, out)
-                    bar.advance()
-            return
-        # Workers get the per-image parts only; set-level estimators stay here.
-        worker_spec = Spec(**{**spec.__dict__, "progress": False, "reducer": None, "clusterer": None, "runner": None})
-        for part in (worker_spec.detector, worker_spec.embedder):
-            if getattr(part, "threads", None) == 0:
-                part.threads = 1  # one core per worker: no oversubscribed thread pools
-        if spec.runner is not None:  # e.g. Ray: same per-task function, results cached here as they arrive
-            spec.runner.run(worker_spec, tasks, _work, on_result, bar.advance)
-            return
-        blob = pickle.dumps(worker_spec)
-        # Small batches while there are few tasks per worker, so both cores get work.
-        size = max(1, min(size, len(tasks) // (spec.workers * 4) or 1))
-        pending: dict = {}
-        queue = _batches(tasks, size)
-        window = spec.workers * 2  # bounded in-flight work keeps memory flat on huge folders
-        # spawn, not fork: a fork after onnxruntime/OpenMP threads exist in this
-        # process can deadlock the child (seen here when models ran in the parent first).
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx, initializer=_init_worker, initargs=(blob,)) as pool:
-            try:
-                while True:
-                    while len(pending) < window:
-                        batch = next(queue, None)
-                        if batch is None:
-                            break
-                        pending[pool.submit(_work_in_pool, batch)] = batch
-                    if not pending:
-                        break
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        batch = pending.pop(fut)
-                        for task, out in zip(batch, fut.result()):
-                            on_result(task, out)
-                            bar.advance()
-            except BrokenProcessPool:
-                raise PipelineError(
-                    "a worker process died (out of memory, or killed); finished images are cached: "
-                    "run again to resume, or with workers=1"
-                ) from None
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+def _run_items(spec: Spec, items: list[WorkItem], on_result, label: str) -> None:
+    """Run the per-image work of `items` on spec's runner; on_result(item, result) runs here,
+    in the driver, as each finishes (an interrupted run loses only the work in flight)."""
+    runner = spec.runner if spec.runner is not None else LocalRunner(spec.workers, spec.batch_images)
+    with stage_bar(label, len(items), spec.progress) as bar:
+        runner.run(spec.image_stages(), items, work_batch, on_result, bar.advance)
 
 
 # ---------------------------------------------------------------- stages
@@ -281,16 +109,16 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
     vectors: dict[tuple[int, int], np.ndarray] = {}
     blurs: dict[tuple[int, int], float] = {}
     ekeys: dict[tuple[int, int], str] = {}
-    tasks: list[dict] = []
+    items: list[WorkItem] = []
 
     def embed_key(i: int, face_index: int) -> str:
         return cache_key("embed", dkeys[i], face_index, emb_id)
 
     def missing_embeddings(i: int, rec: ImageRecord) -> list[int]:
         """Face indices of the record still to embed (cached ones are filled in)."""
-        _choose(rec, spec)
+        choose_face(rec, spec.select, spec.min_face_size)
         missing = []
-        for k in _embed_indices(rec, spec):
+        for k in faces_to_embed(rec, spec.select, spec.min_face_size):
             ekeys[i, k] = embed_key(i, k)
             hit = cache.get_arrays(EMBED, ekeys[i, k])
             if hit is None:
@@ -304,39 +132,43 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
             continue
         dkeys[i] = cache_key("detect", rec.sha256, det_id)
         entry = cache.get_json(DETECT, dkeys[i])
+        detection = Detection.from_entry(entry) if entry is not None else None
+        if detection is not None and not detection.current and not cached_only:
+            detection = None  # a decode failure under other decoders: try again
         missing = None
-        if entry is not None:
-            _apply_detection(rec, entry)
+        if detection is not None:
+            detection.apply(rec)
             if not want_embed:
                 continue
             missing = missing_embeddings(i, rec)
             if not missing:
                 continue
-        tasks.append({"index": i, "path": rec.path, "detection": entry, "embed": want_embed, "embed_faces": missing})
+        items.append(WorkItem(i, rec.path, detection, want_embed, None if missing is None else tuple(missing)))
 
-    if tasks and cached_only:
-        stage = "detection" if any(t["detection"] is None for t in tasks) else "embedding"
-        raise CacheMiss(f"no cached {stage} for {len(tasks)} image(s) with this config in {cache.root}: run `idcluster cluster` with the same overrides first")
+    if items and cached_only:
+        stage = "detection" if any(item.detection is None for item in items) else "embedding"
+        raise CacheMiss(f"no cached {stage} for {len(items)} image(s) with this config in {cache.root}: run `idcluster cluster` with the same overrides first")
 
-    def on_result(task: dict, out: dict) -> None:
-        i = task["index"]
+    def on_result(item: WorkItem, out: WorkResult) -> None:
+        i = item.index
         rec = records[i]
-        for k, v in out["times"].items():
+        for k, v in out.times.items():
             result.timings[k] = result.timings.get(k, 0.0) + v
-        if "detection" in out:
-            cache.put_json(DETECT, dkeys[i], out["detection"])
-            result.computed["detect"] += 1
-            _apply_detection(rec, out["detection"])
+        if out.detection is not None:
+            if out.detection.cacheable:  # a read error (OSError) is not: the next run tries again
+                cache.put_json(DETECT, dkeys[i], out.detection.to_entry())
+                result.computed["detect"] += 1
+            out.detection.apply(rec)
         if want_embed:
-            _choose(rec, spec)
-            for k, (vector, blur) in out.get("embeddings", {}).items():
+            choose_face(rec, spec.select, spec.min_face_size)
+            for k, face in out.embeddings.items():
                 ekeys[i, k] = embed_key(i, k)
-                cache.put_arrays(EMBED, ekeys[i, k], embedding=vector, blur=np.float64(blur))
+                cache.put_arrays(EMBED, ekeys[i, k], embedding=face.vector, blur=np.float64(face.blur))
                 result.computed["embed"] += 1
-                vectors[i, k], blurs[i, k] = vector, blur
+                vectors[i, k], blurs[i, k] = face.vector, face.blur
 
     t0 = time.perf_counter()
-    _run_tasks(spec, tasks, on_result, "embed" if want_embed else "detect")
+    _run_items(spec, items, on_result, "embed" if want_embed else "detect")
     result.timings["faces_wall"] = time.perf_counter() - t0
 
     for (i, k), blur in blurs.items():
@@ -453,12 +285,12 @@ def run(spec: Spec, until: str = "cluster", cached_only: bool = False) -> Result
     result = Result(records=records, timings={"scan": time.perf_counter() - t0})
 
     if until == "detect":
-        spec = Spec(**{**spec.__dict__, "embedder": None})
+        spec = replace(spec, embedder=None)
     vectors = detect_and_embed(spec, records, cache, result, cached_only=cached_only)
     if until == "detect":
         for rec in records:
             if rec.reason is None:
-                _choose(rec, spec)
+                choose_face(rec, spec.select, spec.min_face_size)
         return result
 
     order = sorted(vectors)  # (record index, face index): a record's faces are adjacent rows
@@ -529,7 +361,3 @@ def _appearance_stage(spec: Spec, result: Result, cache: StageCache, cached_only
 def _reason_summary(records: list[ImageRecord]) -> str:
     counts = Counter(r.reason for r in records if r.reason)
     return ", ".join(f"{n} {k}" for k, n in counts.most_common()) or "none"
-
-
-def default_workers(workers: int) -> int:
-    return workers if workers > 0 else (os.cpu_count() or 1)

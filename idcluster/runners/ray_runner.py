@@ -1,9 +1,9 @@
 """runner=ray: decode/detect/embed on Ray actors that hold the models; results return to the driver.
 
-Each actor unpickles the worker Spec once (so the detector and embedder load
+Each actor unpickles the worker spec once (so the detector and embedder load
 once per actor, on a GPU when device=cuda: `num_gpus_per_actor`) and runs the
-pipeline's per-task function. The driver writes each result into the content
-cache as it arrives, so:
+pipeline's work function on one image at a time. The driver writes each result
+into the content cache as it arrives, so:
 
 - the cache needs no shared filesystem (results travel back through Ray's object store);
 - a worker that dies loses only its in-flight images: the run stops with one
@@ -11,6 +11,7 @@ cache as it arrives, so:
 
 `address`: None = RAY_ADDRESS if set (ray.init reads it), else a new local
 instance (`num_cpus` caps it); "auto" joins the cluster started by `ray start --head`.
+`device` and `workers` come from the run's config (conf/runner/ray.yaml interpolates them).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pickle
 from typing import Any, Callable
 
 from ..errors import PipelineError
+from .local import default_workers
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def _import_ray():
 
 
 class _Worker:
-    """Actor body: one unpickled Spec (its models) serving many tasks."""
+    """Actor body: one unpickled spec (its models) serving many tasks."""
 
     def __init__(self, blob: bytes, work: Callable):
         import cv2
@@ -44,18 +46,19 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, task: dict) -> dict:
-        return self.work(self.spec, task)
+    def run(self, task: Any) -> Any:
+        return self.work(self.spec, [task])[0]
 
 
 class RayRunner:
     def __init__(self, address: str | None = None, num_cpus: int | None = None, actors: int | None = None,
-                 num_gpus_per_actor: float = 0.0, window: int = 4):
+                 num_gpus_per_actor: float = 0.0, window: int = 4, device: str = "cpu", workers: int = 1):
         self.address = address
         self.num_cpus = num_cpus
-        self.actors = actors
-        self.num_gpus_per_actor = num_gpus_per_actor
-        self.window = window
+        self.actors = actors or default_workers(int(workers))  # actors: null = one per worker
+        # GPUs are reserved only when the run asks for them (device=cuda).
+        self.num_gpus_per_actor = float(num_gpus_per_actor or 0) if device == "cuda" else 0.0
+        self.window = int(window or 4)
         self.workers: list = []  # live actor handles during a run (tests kill one)
 
     def init(self):
@@ -70,8 +73,8 @@ class RayRunner:
             ray.init(**kwargs)
         return ray
 
-    def run(self, spec: Any, tasks: list[dict], work: Callable[[Any, dict], dict],
-            on_result: Callable[[dict, dict], None], advance: Callable[[], None]) -> None:
+    def run(self, spec: Any, tasks: list, work: Callable[[Any, list], list],
+            on_result: Callable[[Any, Any], None], advance: Callable[[], None]) -> None:
         if not tasks:
             return
         ray = self.init()
@@ -81,12 +84,12 @@ class RayRunner:
         if gpus and ray.cluster_resources().get("GPU", 0) < gpus:
             log.warning("device=cuda: the Ray cluster has no GPU; actors run on CPU")
             gpus = 0.0
-        n = int(self.actors or max(1, int(spec.workers)))
+        n = max(1, int(self.actors))
         if gpus:
             n = min(n, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
         n = min(n, len(tasks))
         Actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(_Worker)
-        blob = pickle.dumps(spec)
+        blob = pickle.dumps(spec.for_workers())
         self.workers = [Actor.remote(blob, work) for _ in range(n)]
         pending: dict = {}
         queue = iter(tasks)

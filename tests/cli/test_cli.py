@@ -139,3 +139,82 @@ def test_missing_labels_file_fails_before_any_work(small_set, tmp_path):
     assert result.exit_code == 2
     assert result.output == f"error: labels must be 'folders' or a labels.csv path; not found: {tmp_path / 'nope.csv'}\n"
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the user's errors vs bugs
+
+
+class ExplodingDetector:
+    """A detector whose constructor has a bug (takes retinaface's keys, then fails)."""
+
+    def __init__(self, **kwargs):
+        raise RuntimeError("constructor went wrong")
+
+
+def test_a_bug_is_reported_as_a_bug_with_its_traceback_in_a_file(small_set, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the report lands in the test's folder
+    folder, _ = small_set
+    result = invoke("cluster", f"input_dir={folder}", f"detector._target_={__name__}.ExplodingDetector", "-q")
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert line.startswith("bug: this is a bug in idcluster, not something you did "
+                           "(RuntimeError: constructor went wrong); traceback in ")
+    path = line.split("traceback in ", 1)[1].split(";", 1)[0]
+    report = open(path, encoding="utf-8").read()
+    assert "Traceback (most recent call last)" in report and "constructor went wrong" in report
+    assert "ExplodingDetector" in report or "__init__" in report
+
+
+@pytest.mark.parametrize("how", ["--debug", "IDCLUSTER_DEBUG=1"])
+def test_debug_prints_the_traceback(small_set, tmp_path, monkeypatch, how):
+    folder, _ = small_set
+    args = ["cluster", f"input_dir={folder}", f"detector._target_={__name__}.ExplodingDetector", "-q"]
+    if how == "--debug":
+        args.insert(0, "--debug")
+    else:
+        monkeypatch.setenv("IDCLUSTER_DEBUG", "1")
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert "Traceback (most recent call last)" in result.output and 'raise RuntimeError("constructor went wrong")' in result.output
+    assert result.output.rstrip().splitlines()[-1].endswith("the traceback is above; please report it")
+
+
+def test_a_bug_inside_a_stage_is_not_blamed_on_the_input(small_set, tmp_path, monkeypatch):
+    """A ValueError from our own code (e.g. a NumPy shape error) is a bug, exit 1, not an input error."""
+    from idcluster.detectors.retinaface import RetinaFaceDetector
+
+    def broken(self, image):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setattr(RetinaFaceDetector, "detect", broken)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    folder, _ = small_set
+    result = invoke("cluster", f"input_dir={folder}", f"output_dir={tmp_path / 'out'}", "workers=1", "-q")
+    assert result.exit_code == 1
+    assert result.output.startswith("bug: this is a bug in idcluster") and "ValueError: operands" in result.output
+
+
+def test_the_users_mistakes_stay_one_line_and_exit_2(tmp_path):
+    for args, expected in [
+        (["+detector.bogus=1"], "error: cannot build detector from config: "),  # a key the class does not take
+        (["detector=mtcnn", "detector.backend=tf"],  # a value its constructor rejects
+         "error: cannot build detector from config: detector.backend must be one of onnx, torch, got 'tf'\n"),
+        (["detector._target_=nowhere.Detector"], "error: cannot build detector from config: Error loading 'nowhere.Detector'"),
+    ]:
+        result = invoke("detect", f"input_dir={tmp_path}", *args)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(expected) and result.output.count("\n") == 1
+
+
+def test_ctrl_c_exits_130(small_set, tmp_path, monkeypatch):
+    from idcluster.detectors.retinaface import RetinaFaceDetector
+
+    def interrupted(self, image):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RetinaFaceDetector, "detect", interrupted)
+    folder, _ = small_set
+    result = invoke("detect", f"input_dir={folder}", "workers=1", "-q")
+    assert result.exit_code == 130
+    assert result.output == "interrupted: finished images are cached; run the same command again to resume\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from idcluster.config.compose import GROUPS, ConfigError, build, group_options, load_config, params
+from idcluster.config.compose import GROUPS, ConfigError, build, group_options, instantiate_node, load_config, params
 
 ALL_OPTIONS = [(g, o) for g in GROUPS for o in group_options(g)]
 
@@ -106,3 +106,88 @@ def test_params_drop_runtime_keys():
     strict = load_config(["input_dir=x", "detector.score_threshold=0.5"])
     assert params(strict, "detector") != params(cpu, "detector")
     assert params(strict, "detector")["score_threshold"] == 0.5
+
+
+# ---------------------------------------------------------------- building: the user's mistakes vs bugs
+
+
+class BuggyConstructor:
+    """A constructor with a bug in its body (arguments fine)."""
+
+    def __init__(self, size: int = 1):
+        raise RuntimeError("a bug in the constructor")
+
+
+class BuggyTypeError:
+    def __init__(self, size: int = 1):
+        return len(size)  # TypeError from the body, not from the arguments
+
+
+class RejectsValue:
+    def __init__(self, size: int = 1):
+        from idcluster.errors import ModelError
+
+        raise ModelError(f"no weights for size {size}")
+
+
+def _node(target: str, **kw):
+    return OmegaConf.create({"_target_": f"{__name__}.{target}", **kw})
+
+
+def test_a_bug_in_a_constructor_propagates_as_itself():
+    with pytest.raises(RuntimeError, match="a bug in the constructor") as info:
+        instantiate_node(_node("BuggyConstructor", size=2), "cannot build x")
+    assert any(f.name == "__init__" for f in info.traceback)  # its own traceback, for the report
+    with pytest.raises(TypeError, match="has no len"):
+        instantiate_node(_node("BuggyTypeError", size=2), "cannot build x")
+    # The same through build(): a config group whose class has a bug.
+    cfg = load_config(["input_dir=x", f"reducer._target_={__name__}.BuggyConstructor"])
+    with pytest.raises(RuntimeError, match="a bug in the constructor"):
+        build(cfg, "reducer")
+
+
+def test_what_the_user_caused_is_one_config_error_line():
+    with pytest.raises(ConfigError, match=r"^cannot build x: .*unexpected keyword argument 'bogus'"):
+        instantiate_node(_node("BuggyConstructor", bogus=1), "cannot build x")  # the typo is found first
+    with pytest.raises(ConfigError, match=r"^cannot build x: .*no weights for size 3$"):
+        instantiate_node(_node("RejectsValue", size=3), "cannot build x")
+    for target in ("nowhere.Nothing", f"{__name__}.NoSuchClass"):  # a _target_ that does not exist
+        with pytest.raises(ConfigError) as info:
+            instantiate_node(OmegaConf.create({"_target_": target}), "cannot build x")
+        msg = str(info.value)
+        assert msg.startswith(f"cannot build x: Error loading '{target}'") and "\n" not in msg
+    cfg = load_config(["input_dir=x", "detector=mtcnn", "detector.backend=tf"])
+    with pytest.raises(ConfigError, match=r"^cannot build detector from config: detector.backend must be one of"):
+        build(cfg, "detector")
+
+
+# ---------------------------------------------------------------- runners: every option builds and runs
+
+
+@pytest.mark.parametrize("option", [pytest.param(o, marks=[pytest.mark.ray] if o == "ray" else [])
+                                    for o in group_options("runner")])
+def test_every_runner_option_composes_builds_and_runs(option, tmp_path):
+    from PIL import Image
+
+    from idcluster.detectors.whole_image import WholeImageDetector
+    from idcluster.pipeline.work import ImageStages, WorkItem, work_batch
+
+    cfg = load_config(["input_dir=x", f"runner={option}", "workers=2"])
+    runner = build(cfg, "runner")
+    assert f"{type(runner).__module__}.{type(runner).__name__}" == cfg.runner._target_
+    if option == "ray":
+        ray = pytest.importorskip("ray")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        items = []
+        for i in range(10):  # enough for runner=local to start its process pool
+            Image.new("RGB", (20 + i, 30), (i, 0, 0)).save(tmp_path / f"{i}.png")
+            items.append(WorkItem(i, str(tmp_path / f"{i}.png")))
+        got, ticks = {}, []
+        runner.run(ImageStages(WholeImageDetector()), items, work_batch,
+                   lambda item, out: got.__setitem__(item.index, out), lambda: ticks.append(1))
+        assert len(ticks) == len(items)
+        assert {i: (out.detection.width, len(out.detection.faces)) for i, out in got.items()} == {i: (20 + i, 1) for i in range(10)}
+    finally:
+        if option == "ray":
+            ray.shutdown()

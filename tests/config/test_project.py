@@ -106,3 +106,24 @@ def test_explicit_project_file_must_exist(tmp_path):
     result = runner.invoke(app, ["--project", str(tmp_path / "nope.toml"), "cluster", "input_dir=x"])
     assert result.exit_code == 2
     assert result.output == f"error: project file not found: {tmp_path / 'nope.toml'}\n"
+
+
+def test_requires_python_is_what_the_code_and_its_pinned_stack_need():
+    """pyproject's requires-python: no lower than the code (tomllib: 3.11) and the pinned
+    libraries (their own Requires-Python) need, and met by the Python running the tests (CI's)."""
+    import platform
+    import tomllib
+    from importlib.metadata import metadata
+    from pathlib import Path
+
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[2]
+    declared = SpecifierSet(tomllib.loads((root / "pyproject.toml").read_text())["project"]["requires-python"])
+    assert Version(platform.python_version()) in declared
+    (lowest,) = [Version(s.version) for s in declared if s.operator == ">="]
+    assert lowest >= Version("3.11")  # config/project.py imports tomllib
+    for dist in ("scikit-learn", "numpy", "onnxruntime"):
+        needs = metadata(dist)["Requires-Python"]
+        assert needs is None or lowest in SpecifierSet(needs), f"{dist} needs Python {needs}"

@@ -336,6 +336,18 @@ def test_chain_config_errors():
         ChainDetector([Spy([])], names=["a", "b"])
     with pytest.raises(ConfigError, match=r"cannot build idcluster.detectors.cascade.CascadeDetector: .*bogus"):
         ChainDetector([{"_target_": "idcluster.detectors.cascade.CascadeDetector", "bogus": 1}])
+    with pytest.raises(ConfigError, match=r"^detector.detectors: cannot import nowhere.Detector: "):
+        ChainDetector([{"_target_": "nowhere.Detector"}])
+
+
+class BrokenMember:
+    def __init__(self, threads: int = 0):
+        raise RuntimeError("a bug in a member")
+
+
+def test_a_bug_in_a_chain_member_is_not_reported_as_a_config_error():
+    with pytest.raises(RuntimeError, match="a bug in a member"):
+        ChainDetector([{"_target_": f"{__name__}.BrokenMember"}])
 
 
 def test_auto_config_builds_the_guides_chain(group_photo):
@@ -346,8 +358,12 @@ def test_auto_config_builds_the_guides_chain(group_photo):
     assert chain.names == ["retinaface", "mtcnn", "opencv"]
     assert [type(d).__name__ for d in chain.detectors] == ["RetinaFaceDetector", "MTCNNDetector", "CascadeDetector"]
     assert chain.detectors[0].device == "cuda" and chain.detectors[1].threads == 3
-    chain.threads = 1  # what the pipeline does for worker processes reaches every member
-    assert chain.detectors[0].threads == 1 and chain.detectors[1].threads == 1
+    one = chain.with_threads(1)  # what the pipeline does for worker processes reaches every member ...
+    assert one.detectors[0].threads == 1 and one.detectors[1].threads == 1 and one.threads == 1
+    assert chain.detectors[0].threads == 3 and chain.detectors[1].threads == 3  # ... of a copy: these stay
+    assert one.detectors[0] is not chain.detectors[0] and one.detectors[1] is not chain.detectors[1]
+    assert one.detectors[2] is chain.detectors[2]  # the cascade has no thread setting: nothing to change
+    assert one.model_id == chain.model_id
     p = params(cfg, "detector")
     assert "device" not in str(p) and "threads" not in str(p)  # runtime keys stay out of cache keys
     assert params(load_config(["input_dir=x", "detector=auto", "detector.detectors.2.min_neighbors=8"]), "detector") != p

@@ -1,12 +1,14 @@
 """load_image: every format decodes to HxWx3 uint8 RGB; bad files raise ImageDecodeError."""
 
+import errno
+import os
 from importlib import resources
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from idcluster.inputs.images import NEUTRAL_BACKGROUND, ImageDecodeError, load_image
+from idcluster.inputs.images import NEUTRAL_BACKGROUND, ImageDecodeError, ImageReadError, decoders_id, load_image
 
 FACE = resources.files("insightface").joinpath("data/images/Tom_Hanks_54745.png")
 W, H = 100, 60  # deliberately not square, so a swapped width/height is caught
@@ -132,3 +134,41 @@ def test_text_file_named_jpg_raises(tmp_path):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(ImageDecodeError, match="FileNotFoundError"):
         load_image(tmp_path / "nope.png")
+
+
+def test_read_errors_are_told_apart_from_decode_errors(tmp_path, face, monkeypatch):
+    """Only a decode failure is the same next time; an OSError while reading (ImageReadError) may pass."""
+    (tmp_path / "notes.jpg").write_text("not an image at all\n")
+    face.save(tmp_path / "full.jpg", quality=95)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    for name in ("notes.jpg", "cut.jpg"):  # Pillow's own OSErrors: the bytes, not the disk
+        with pytest.raises(ImageDecodeError) as info:
+            load_image(tmp_path / name)
+        assert not isinstance(info.value, ImageReadError)
+    with pytest.raises(ImageReadError, match="FileNotFoundError"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageReadError, match="IsADirectoryError"):
+        load_image(tmp_path)
+
+    face.save(tmp_path / "locked.png")
+    if os.geteuid() != 0:
+        (tmp_path / "locked.png").chmod(0)
+    else:  # root reads any file: fail the open the way a locked file does
+        real_open = Image.open
+
+        def denied(path, *a, **k):
+            if str(path).endswith("locked.png"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(path, *a, **k)
+
+        monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(ImageReadError, match="PermissionError"):
+        load_image(tmp_path / "locked.png")
+
+
+def test_decoders_id_names_pillow_and_is_stable():
+    import PIL
+
+    assert decoders_id() == decoders_id()
+    assert decoders_id().startswith(f"Pillow {PIL.__version__} ")

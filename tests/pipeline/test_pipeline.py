@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 
@@ -291,3 +293,65 @@ def test_reduction_is_cached_and_shared_by_clusterer_changes(small_set, config):
     second = run(config(folder, "reducer=pca", "reducer.n_components=8", "clusterer.linkage=complete"))
     assert dict(second.computed) == {"cluster": 1}
     assert "reduce" not in run(config(folder)).computed  # reducer=none stores nothing
+
+
+@contextlib.contextmanager
+def _unreadable(path):
+    """A read of `path` fails with the OS's PermissionError: chmod 000, or where that cannot stop
+    us (root reads any file) a failing open of that one file. Readable again on exit."""
+    from idcluster.inputs import images
+
+    real_open = images.Image.open
+
+    def denied(p, *a, **k):
+        if str(p) == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))
+        return real_open(p, *a, **k)
+
+    with pytest.MonkeyPatch.context() as m:
+        if os.geteuid() != 0:
+            path.chmod(0)
+        else:
+            m.setattr(images.Image, "open", denied)
+        try:
+            yield
+        finally:
+            path.chmod(0o644)
+
+
+def test_a_read_error_is_not_cached_and_is_retried(small_set, tmp_path, config):
+    folder, truth = small_set
+    name = sorted(truth)[0]
+    # Another detector config first: the stat index then knows every file's hash, so the
+    # next scan does not read the file and the failure happens where the pipeline decodes it.
+    run(config(folder, "detector.score_threshold=0.85"))
+    with _unreadable(folder / name):
+        failed = run(config(folder))
+    rec = next(r for r in failed.records if r.rel_path == name)
+    assert rec.reason == R.UNREADABLE and "PermissionError" in rec.detail
+    assert failed.computed["detect"] == len(truth) - 1  # the failure was not cached as a detection
+
+    again = run(config(folder))
+    rec = next(r for r in again.records if r.rel_path == name)
+    assert rec.reason is None and rec.faces and rec.label >= 0
+    assert (again.computed["detect"], again.computed["embed"]) == (1, 1)  # retried: only that image
+
+
+def test_a_decode_failure_is_cached_for_the_decoders_that_failed(small_set, tmp_path, monkeypatch, config):
+    from idcluster.pipeline import work
+
+    folder, _ = small_set
+    (folder / "notes.jpg").write_text("not an image")
+    first = run(config(folder))
+    assert next(r for r in first.records if r.rel_path == "notes.jpg").reason == R.UNREADABLE
+    second = run(config(folder))
+    assert "detect" not in second.computed  # the same bytes, the same decoders: the same failure
+    # Other decoders (a Pillow upgrade, a new format plugin) may read it: decode it again ...
+    monkeypatch.setattr(work, "decoders_id", lambda: "Pillow 99 new-plugin")
+    third = run(config(folder))
+    assert dict(third.computed) == {"detect": 1}  # same faces: clustering comes from the cache
+    assert next(r for r in third.records if r.rel_path == "notes.jpg").reason == R.UNREADABLE
+    # ... except when only reading the cache (export): the earlier run's outcome stands.
+    monkeypatch.setattr(work, "decoders_id", lambda: "Pillow 100 newer")
+    spec = make_spec(config(folder), "cluster", progress=False)
+    assert not pipeline.run(spec, cached_only=True).computed

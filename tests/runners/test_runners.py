@@ -13,6 +13,8 @@ from idcluster.workflows.cluster import make_spec
 from idcluster.config.compose import load_config
 from idcluster.errors import ModelError, PipelineError
 from idcluster.runners import make_runner
+from idcluster.runners.local import LocalRunner
+from idcluster.runners.ray_runner import RayRunner
 
 
 def run(cfg):
@@ -28,21 +30,16 @@ def identities(result) -> set[frozenset]:
 
 
 def test_runner_options_compose():
-    assert make_runner(load_config(["input_dir=x"])) is None
+    local = make_runner(load_config(["input_dir=x", "workers=3", "batch_images=5"]))
+    assert isinstance(local, LocalRunner) and (local.workers, local.batch_images) == (3, 5)  # by interpolation
     cfg = load_config(["input_dir=x", "runner=ray", "runner.address=auto", "device=cuda"])
     assert cfg.runner.address == "auto"
-    if "ray" in sys.modules or _has_ray():
-        r = make_runner(cfg)
-        assert r.address == "auto" and r.num_gpus_per_actor == 1.0
-        assert make_runner(load_config(["input_dir=x", "runner=ray"])).num_gpus_per_actor == 0.0
-
-
-def _has_ray() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # Building a RayRunner imports no ray (its run does), so this holds with or without the extra.
+    r = make_runner(cfg)
+    assert isinstance(r, RayRunner)
+    assert r.address == "auto" and r.num_gpus_per_actor == 1.0
+    assert make_runner(load_config(["input_dir=x", "runner=ray"])).num_gpus_per_actor == 0.0
+    assert make_runner(load_config(["input_dir=x", "runner=ray", "workers=3"])).actors == 3  # actors: null = workers
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch):
