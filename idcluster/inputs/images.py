@@ -58,12 +58,13 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr.astype(np.float64) / hi * 255.0, 0, 255).astype(np.uint8)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Return an HxWx3 uint8 RGB array, or raise ImageDecodeError (ImageReadError: try again later)."""
+def load_image(path: str | Path, background: tuple[int, int, int] = NEUTRAL_BACKGROUND) -> np.ndarray:
+    """Return an HxWx3 uint8 RGB array (transparency composited on `background`), or raise
+    ImageDecodeError (ImageReadError: try again later)."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            return pil_to_rgb(im)
+            return pil_to_rgb(im, background)
     except OSError as e:
         # The operating system's errors carry an errno; Pillow's own "not an image",
         # "truncated" or "broken data stream" OSErrors do not.
@@ -73,10 +74,10 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
 
 
-def pil_to_rgb(im: Image.Image) -> np.ndarray:
+def pil_to_rgb(im: Image.Image, background: tuple[int, int, int] = NEUTRAL_BACKGROUND) -> np.ndarray:
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, NEUTRAL_BACKGROUND + (255,))
+        bg = Image.new("RGBA", im.size, tuple(background) + (255,))
         return np.asarray(Image.alpha_composite(bg, im).convert("RGB"))
     if im.mode in ("RGB", "L", "P", "CMYK", "YCbCr", "1", "LAB", "HSV"):
         return np.asarray(im.convert("RGB"))

@@ -132,6 +132,18 @@ def test_bench_appearance(tiny_eval_root, tmp_path):
     assert row["images"] == 6 and in_unit(row["appearance"]) and in_unit(row["hsv_16x8x8"])
 
 
+def test_bench_instance(tiny_eval_root, tmp_path):
+    out = tmp_path / "instance"
+    run_script("bench_instance.py", "--eval-root", tiny_eval_root, "--set", SET, "--tune", SET, "--speed-images", 4,
+               "--settle", 0, "--out", out)
+    data = read_outputs(out)
+    feats = data["sets"][SET]["features"]
+    assert data["sets"][SET]["images"] == 6 and {"appearance", "mnv2_320", "mnv2_1280", "fused"} <= set(feats)
+    assert all(in_unit(f["pair_auc"]) and in_unit(f["bcubed_f1"]) for f in feats.values())
+    assert feats["mnv2_320"]["pair_auc"] == 1.0  # two real people, three variants each
+    assert data["model_ids"]["mnv2_320"].startswith("mobilenetv2:") and set(data["batch_speed_ms_per_image"]) == {"1", "8", "32"}
+
+
 def test_bench_seeds(tiny_eval_root, tmp_path):
     out = tmp_path / "seeds"
     run_script("bench_seeds.py", "--eval-root", tiny_eval_root, "--set", SET, "--seeds", "0,1",
