@@ -235,7 +235,8 @@ def test_second_run_into_a_locked_output_folder_refuses_at_once(small_set, tmp_p
         elapsed = time.perf_counter() - t0
     assert result.exit_code == 2
     assert "another idcluster process (review, pid" in result.output and str(out) in result.output
-    assert not (tmp_path / "cache" / "detect-v1").exists(), "refused before computing anything"
+    assert not (tmp_path / "cache" / PACK_NAME).exists(), "refused before computing anything"
+    assert not (tmp_path / "cache" / "detect-v1").exists()
     assert elapsed < 60
     # the lock is gone with its holder: the same command now runs
     result = invoke("cluster", f"input_dir={folder}", f"output_dir={out}", "tracking=off", "--quiet",
