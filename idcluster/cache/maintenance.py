@@ -1,10 +1,12 @@
 """`idcluster cache info|prune`: what the stage cache holds, and dropping old entries.
 
-Prune only ever removes files that are cache entries inside a folder marked by
-the cache's CACHEDIR.TAG: stage entries `<stage>/<ab>/<62 hex>.(json|npz|jpg)`,
-joblib results (a folder holding `output.pkl`, e.g. HDBSCAN's cached trees)
-and temp files left by killed writers. Least recently used (mtime, refreshed
-on hits) goes first.
+Prune only ever removes cache entries inside a folder marked by the cache's
+CACHEDIR.TAG: rows of the packed store (`stage-pack.sqlite`, whose freed pages
+go back to the file system), file entries `<stage>/<ab>/<62 hex>.(json|npz|jpg)`
+(large entries, and every entry of idcluster before the pack), joblib results
+(a folder holding `output.pkl`, e.g. HDBSCAN's cached trees), temp files left
+by killed writers and a damaged database moved aside. Least recently used (last
+use, refreshed on hits at most daily; a file's mtime) goes first.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .pack import DAMAGED_SUFFIX, PACK_NAME, PackedEntry, PackUnavailable, open_pack
 from .store import CACHEDIR_TAG
 from ..errors import InputError
 
@@ -27,12 +30,16 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+_PACK_FILES = (PACK_NAME, PACK_NAME + "-wal", PACK_NAME + "-shm")
+
+
 @dataclass
 class Entry:
-    path: Path  # a file, or a joblib result folder
+    path: Path  # a file, a joblib result folder, or the pack database holding `packed`
     stage: str
     size: int
-    mtime: float
+    mtime: float  # last use
+    packed: PackedEntry | None = None
 
 
 def parse_size(text: str) -> int:
@@ -62,10 +69,21 @@ def _size_mtime(path: Path) -> tuple[int, float]:
     return st.st_size, st.st_mtime
 
 
+def packed_entries(root: Path) -> list[Entry]:
+    """The rows of root's packed store (none when it has none; never creates one)."""
+    if not (root / PACK_NAME).is_file():
+        return []
+    pack = open_pack(root)
+    try:
+        return [Entry(pack.path, e.stage, e.size, e.used, e) for e in pack.entries()]
+    except PackUnavailable as e:
+        raise InputError(f"cannot read the packed stage cache: {e}") from None
+
+
 def entries(root: Path) -> tuple[list[Entry], list[Path]]:
-    """Every cache entry under root, and stale temp files."""
-    found: list[Entry] = []
-    stale: list[Path] = []
+    """Every cache entry under root (packed and files), and stale files (temp files, a damaged database)."""
+    found: list[Entry] = packed_entries(root)
+    stale: list[Path] = [p for p in [root / (PACK_NAME + DAMAGED_SUFFIX)] if p.is_file()]
     now = time.time()
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
@@ -103,7 +121,7 @@ def _check_root(root: Path) -> Path:
 
 
 def info(root: Path) -> dict:
-    """Entries and bytes per stage (plus other files such as the stat index)."""
+    """Entries and bytes per stage (plus other files such as the stat index, and the pack's size on disk)."""
     root = _check_root(root)
     found, stale = entries(root)
     stages: dict[str, dict] = {}
@@ -113,7 +131,8 @@ def info(root: Path) -> dict:
         s["bytes"] += e.size
         s["oldest_use"] = min(s["oldest_use"], e.mtime)
         s["newest_use"] = max(s["newest_use"], e.mtime)
-    other = [p for p in root.iterdir() if p.is_file() and p.name != CACHEDIR_TAG]
+    other = [p for p in root.iterdir() if p.is_file() and p.name not in (CACHEDIR_TAG, *_PACK_FILES)]
+    pack_files = [root / n for n in _PACK_FILES if (root / n).is_file()]
     return {
         "root": str(root),
         "stages": dict(sorted(stages.items())),
@@ -121,6 +140,8 @@ def info(root: Path) -> dict:
         "bytes": sum(e.size for e in found),
         "other_files": {p.name: p.stat().st_size for p in other},
         "stale_temp_files": len(stale),
+        "pack": {"file": PACK_NAME, "entries": sum(e.packed is not None for e in found),
+                 "disk_bytes": sum(p.stat().st_size for p in pack_files)} if pack_files else None,
     }
 
 
@@ -145,7 +166,15 @@ def prune(root: Path, older_than_s: float | None = None, max_bytes: int | None =
         drop, keep = drop + keep[:n], keep[n:]
     freed = sum(e.size for e in drop)
     if not dry_run:
+        packed = [e.packed for e in drop if e.packed is not None]
+        if packed:  # one pass over the database, only rows not used since they were listed
+            try:
+                open_pack(root).remove(packed)
+            except PackUnavailable as e:
+                raise InputError(f"cannot prune the packed stage cache: {e}") from None
         for e in drop:
+            if e.packed is not None:
+                continue
             try:
                 shutil.rmtree(e.path) if e.path.is_dir() else e.path.unlink()
             except FileNotFoundError:

@@ -34,6 +34,8 @@ def info(overrides: Optional[list[str]] = Overrides) -> None:
         table.add_column(col, justify="left" if col == "stage" else "right")
     for stage, s in stats["stages"].items():
         table.add_row(stage, str(s["entries"]), human_size(s["bytes"]))
+    if stats["pack"]:  # the per-image entries above live in this one file
+        table.add_row(f"{stats['pack']['file']} (on disk)", str(stats["pack"]["entries"]), human_size(stats["pack"]["disk_bytes"]))
     for name, size in stats["other_files"].items():
         table.add_row(name, "-", human_size(size))
     out.print(table)

@@ -1,19 +1,31 @@
 """MLflow tracking: one run per `cluster`, a parent run with one child per sweep point.
 
 Tracking is a side channel: any MLflow failure is one warning and the
-clustering output is kept. MLflow is imported only when tracking is on, and only
-after the run's result is written and printed (its import costs seconds; a
-background import during the run measured slower: it competes with the run).
+clustering output is kept. `cluster` never imports MLflow: after its result is
+written and printed it hands the run to a detached logger
+(`hand_off_cluster_run`: a spool folder, idcluster.experiments.run_spool, and a
+process of its own, idcluster.experiments.mlflow_logger) and exits; that
+logger's MLflow import, store opening and drawing (~4 s) no longer delay the
+command. Earlier spools that failed or whose logger was killed are named in one
+line by the next `cluster` and logged again. Sweeps and `subcluster-pose` log
+in-process through `Tracker` (a sweep's parent run and children).
 """
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
+import subprocess
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from . import run_spool
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +158,68 @@ def log_cluster_run(tracker: Tracker, report: dict, X: np.ndarray, labels: np.nd
                 log.warning("could not draw run images: %s", e)
             tracker.log(flatten(report["config"]), report["metrics"], artifacts)
         return run_id
+
+
+# ---------------------------------------------------------------- hand-off to the detached logger
+
+LOGGER_LOG = "logger.log"
+_LOG_MAX_BYTES = 1 << 20
+
+
+def start_logger(spools: list[Path], root: Path) -> bool:
+    """Start `python -m idcluster.experiments.mlflow_logger SPOOL...` in a session of its own (it outlives this
+    process and a Ctrl-C in its terminal), output appended to root/logger.log. False when it could not start."""
+    log_path = root / LOGGER_LOG
+    try:
+        if log_path.is_file() and log_path.stat().st_size > _LOG_MAX_BYTES:
+            os.replace(log_path, log_path.with_suffix(".log.1"))
+        with open(log_path, "ab") as out:
+            kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": out, "stderr": subprocess.STDOUT, "close_fds": True}
+            if os.name == "nt":  # pragma: no cover - no Windows CI
+                kwargs["creationflags"] = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
+            else:
+                kwargs["start_new_session"] = True
+            subprocess.Popen([sys.executable, "-m", "idcluster.experiments.mlflow_logger", *map(str, spools)], **kwargs)
+        return True
+    except OSError as e:
+        log.warning("could not start the MLflow logger (%s): the run waits in %s and the next run logs it", e, spools[0])
+        return False
+
+
+def _scatter_rows(X: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    rows = np.arange(len(X))
+    if len(rows) > run_spool.SCATTER_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(rows, run_spool.SCATTER_ROWS, replace=False))
+    return {"X": np.asarray(X[rows], dtype=np.float32), "labels": np.asarray(labels[rows])}
+
+
+def hand_off_cluster_run(uri: str | None, experiment: str, report: dict, X: np.ndarray, labels: np.ndarray,
+                         json_path: Path, sheet: Path | None, cache_dir: str | Path) -> dict | None:
+    """Spool this run (params, metrics, the JSON and contact sheet, the scatter's data) and start a detached
+    logger for it and for any earlier spool left pending; say so for those in one line each.
+
+    Returns {"tracking_uri", "spool"}, or None when the run could not be spooled (one warning)."""
+    root = run_spool.spool_root(cache_dir)
+    uri = uri or default_uri()
+    run = {"uri": uri, "experiment": experiment, "name": Path(report["input_dir"]).name,
+           "params": flatten(report["config"]), "metrics": numeric(report["metrics"]),
+           "tags": {"mlflow.user": getpass.getuser(), "mlflow.source.name": "idcluster cluster",
+                    "mlflow.source.type": "LOCAL"},
+           "cwd": os.getcwd(), "created": time.time()}
+    artifacts = [p for p in (json_path, sheet) if p is not None and Path(p).is_file()]
+    try:
+        spool = run_spool.write(root, run, artifacts, _scatter_rows(X, labels))
+    except OSError as e:
+        log.warning("MLflow tracking failed (could not spool the run in %s: %s); results are kept on disk", root, e)
+        return None
+    earlier = run_spool.pending(root, exclude=(spool,))
+    for p in earlier:
+        if p.status["state"] == "failed":
+            log.warning("MLflow tracking failed for the earlier %s (%s, attempt %d): logging it again in the background "
+                        "(to forget it: rm -r %s)", p.describe(), p.status.get("error"), p.status.get("attempts", 0), p.path)
+        else:
+            why = "its logger was stopped" if p.status["state"] == "logging" else "no logger started"
+            log.warning("MLflow logging of the earlier %s did not finish (%s): logging it again in the background",
+                        p.describe(), why)
+    start_logger([spool, *(p.path for p in earlier)], root)
+    return {"tracking_uri": uri, "spool": str(spool)}

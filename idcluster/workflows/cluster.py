@@ -138,13 +138,14 @@ def cluster(cfg: DictConfig, console: Console, cached_only: bool = False, progre
     console.print(f"wrote {output_dir / JSON_NAME}")
     if done:
         console.print(exporter.summary(done))
-    if track:
-        tracker = tracking.Tracker(cfg.tracking_uri, cfg.experiment_name)
-        run_id = tracking.log_cluster_run(tracker, report, result.embeddings, row_labels(result), output_dir / JSON_NAME,
-                                          sheet=sheet)
-        if run_id:
-            report["mlflow"] = {"tracking_uri": tracker.uri, "run_id": run_id}
-            console.print(f"MLflow run {run_id} in {tracker.uri} (compare: mlflow ui --backend-store-uri {tracker.uri})")
+    if track:  # a detached process logs it: MLflow's seconds come after this command returns
+        handed = tracking.hand_off_cluster_run(cfg.tracking_uri, cfg.experiment_name, report, result.embeddings,
+                                               row_labels(result), output_dir / JSON_NAME, sheet, spec.cache_dir)
+        if handed:
+            report["mlflow"] = handed
+            uri = handed["tracking_uri"]
+            console.print(f"MLflow: this run appears in {uri} within seconds, logged in the background "
+                          f"(compare: mlflow ui --backend-store-uri {uri})")
     return report
 
 

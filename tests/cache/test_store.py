@@ -1,4 +1,5 @@
-"""StageCache: stable keys, round trips, fan-out layout, corrupt entries are a warning and a miss."""
+"""StageCache: stable keys, round trips (packed and one file per entry), fan-out layout, corrupt entries are a
+warning and a miss."""
 
 import io
 import logging
@@ -8,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from idcluster.cache.pack import PACK_NAME
 from idcluster.cache.store import StageCache, cache_key
 
 # Golden values: SHA-256 of the compact sorted JSON of the parts, e.g.
@@ -42,32 +44,55 @@ def test_path_layout(tmp_path):
     assert cache.path("detect", KEY, "json") == tmp_path / "detect" / KEY[:2] / f"{KEY[2:]}.json"
 
 
-def test_json_round_trip_and_miss(tmp_path):
-    cache = StageCache(tmp_path)
+LAYOUTS = {"packed": {}, "files": {"pack_max_bytes": 0}}
+
+
+@pytest.fixture(params=list(LAYOUTS))
+def layout(request):
+    return request.param
+
+
+def _where(cache, stage, key, ext, layout):
+    """The entry is where its layout puts it, and only there."""
+    assert cache.path(stage, key, ext).is_file() == (layout == "files")
+    assert (cache.root / PACK_NAME).is_file() == (layout == "packed")
+
+
+def test_json_round_trip_and_miss(tmp_path, layout):
+    cache = StageCache(tmp_path, **LAYOUTS[layout])
     assert cache.get_json("detect", KEY) is None
     value = {"faces": [{"box": [1.5, 2.0, 30.0, 40.0], "score": 0.99}], "n": 1, "tag": None}
     cache.put_json("detect", KEY, value)
-    assert (tmp_path / "detect" / KEY[:2] / f"{KEY[2:]}.json").is_file()
+    _where(cache, "detect", KEY, "json", layout)
     assert cache.get_json("detect", KEY) == value
     assert cache.get_json("other", KEY) is None  # stages do not share entries
 
 
-def test_arrays_round_trip(tmp_path):
-    cache = StageCache(tmp_path)
+def test_arrays_round_trip(tmp_path, layout):
+    cache = StageCache(tmp_path, **LAYOUTS[layout])
     assert cache.get_arrays("embed", KEY) is None
     emb = np.random.default_rng(0).normal(size=(5, 128)).astype(np.float32)
     labels = np.array([0, 0, 1, -1, 1], dtype=np.int64)
-    cache.put_arrays("embed", KEY, embeddings=emb, labels=labels)
-    assert (tmp_path / "embed" / KEY[:2] / f"{KEY[2:]}.npz").is_file()
+    cache.put_arrays("embed", KEY, embeddings=emb, labels=labels, blur=np.float64(3.5))
+    _where(cache, "embed", KEY, "npz", layout)
     got = cache.get_arrays("embed", KEY)
-    assert set(got) == {"embeddings", "labels"}
+    assert set(got) == {"embeddings", "labels", "blur"}
     np.testing.assert_array_equal(got["embeddings"], emb)
     assert got["embeddings"].dtype == np.float32
     np.testing.assert_array_equal(got["labels"], labels)
+    assert got["blur"].shape == () and float(got["blur"]) == 3.5
 
 
-def test_put_overwrites(tmp_path):
-    cache = StageCache(tmp_path)
+def test_bytes_round_trip(tmp_path, layout):
+    cache = StageCache(tmp_path, **LAYOUTS[layout])
+    cache.put_bytes("thumbs", KEY, "jpg", b"\xff\xd8 a jpeg")
+    _where(cache, "thumbs", KEY, "jpg", layout)
+    assert cache.get_bytes("thumbs", KEY, "jpg") == b"\xff\xd8 a jpeg"
+    assert cache.get_bytes("thumbs", KEY, "png") is None
+
+
+def test_put_overwrites(tmp_path, layout):
+    cache = StageCache(tmp_path, **LAYOUTS[layout])
     cache.put_json("detect", KEY, [1])
     cache.put_json("detect", KEY, [2])
     assert cache.get_json("detect", KEY) == [2]
@@ -126,23 +151,50 @@ def test_corrupt_entry_is_warning_and_miss(tmp_path, caplog, kind, garbage):
     assert not path.exists()  # removed, so the next run recomputes and rewrites it
 
 
+@pytest.mark.parametrize(
+    "kind, garbage",
+    [
+        ("json", b"\x00\xffnot json{{"),
+        ("json", b""),
+        ("npz", b"\x00\x01\x02 random bytes"),
+        ("npz", GOOD_NPZ),  # an .npz is not the pack's array record
+        ("npz", b""),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_corrupt_packed_entry_is_warning_and_miss(tmp_path, caplog, kind, garbage):
+    cache = StageCache(tmp_path)
+    cache.put_json("stage", cache_key("neighbour"), {"kept": True})
+    cache._packed().put("stage", KEY, kind, garbage)  # bytes the codecs never wrote
+    get = cache.get_json if kind == "json" else cache.get_arrays
+    with caplog.at_level(logging.WARNING, logger="idcluster.cache.store"):
+        assert get("stage", KEY) is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "corrupt cache entry" in warnings[0].getMessage()
+    assert f"stage/{KEY}.{kind}" in warnings[0].getMessage()
+    assert cache._packed().get("stage", KEY, kind) is None  # removed: the next run recomputes it
+    assert cache.get_json("stage", cache_key("neighbour")) == {"kept": True}
+
+
 def _temp_files(root):
     return [p for p in root.rglob(".tmp-*")]
 
 
-def test_put_leaves_no_temp_files(tmp_path):
-    cache = StageCache(tmp_path)
+def test_put_leaves_no_temp_files(tmp_path, layout):
+    cache = StageCache(tmp_path, **LAYOUTS[layout])
     cache.put_json("detect", KEY, {"a": 1})
     cache.put_arrays("embed", KEY, x=np.zeros(3))
     assert _temp_files(tmp_path) == []
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
-        [f"{KEY[2:]}.json", f"{KEY[2:]}.npz", "CACHEDIR.TAG"]
-    )
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    if layout == "files":
+        assert files == sorted([f"{KEY[2:]}.json", f"{KEY[2:]}.npz", "CACHEDIR.TAG"])
+    else:  # one database (and SQLite's write-ahead log and shared-memory index beside it)
+        assert files == sorted(["CACHEDIR.TAG", PACK_NAME, PACK_NAME + "-wal", PACK_NAME + "-shm"])
 
 
 @pytest.mark.parametrize("kind", ["json", "npz"])
 def test_failed_write_leaves_no_temp_and_no_entry(tmp_path, monkeypatch, kind):
-    cache = StageCache(tmp_path)
+    cache = StageCache(tmp_path, **LAYOUTS["files"])
 
     def boom(src, dst):
         raise OSError("disk full")

@@ -1,4 +1,4 @@
-"""MLflow tracking of cluster runs and sweeps, read back through MLflow's client."""
+"""MLflow tracking of cluster runs (through the detached logger) and sweeps, read back through MLflow's client."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from idcluster.cli import app
 from idcluster.experiments.metrics import label_free
+from idcluster.experiments.run_spool import spool_root, wait_idle
 from idcluster.experiments.sweep import expand_grid
 from idcluster.errors import ConfigError
 
@@ -36,6 +37,11 @@ def client(uri):
     return MlflowClient(tracking_uri=uri)
 
 
+def logged(tmp_path) -> list[dict]:
+    """Wait for the detached logger(s) of this test's cache; the statuses of spools left (failed ones)."""
+    return wait_idle(spool_root(tmp_path / "cache"), timeout=240)
+
+
 def test_cluster_run_is_logged_with_params_metrics_and_artifacts(small_set, tmp_path):
     folder, truth = small_set
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
@@ -43,6 +49,7 @@ def test_cluster_run_is_logged_with_params_metrics_and_artifacts(small_set, tmp_
                     f"labels={labels_csv(truth, tmp_path / 'labels.csv')}", f"tracking_uri={uri}", "-q")
     assert result.exit_code == 0, result.output
     assert f"in {uri}" in result.output
+    assert logged(tmp_path) == []
     c = client(uri)
     [exp] = [e for e in c.search_experiments() if e.name == "idcluster"]
     # MLflow 3's UI opens a "model training" experiment on its runs table, not the GenAI overview.
@@ -63,11 +70,18 @@ def test_tracking_off_and_broken_tracking_keep_the_output(small_set, tmp_path, c
     base = [f"input_dir={folder}", "clusterer.min_cluster_size=3", "-q"]
     assert invoke("cluster", *base, f"output_dir={tmp_path / 'a'}", "tracking=off").exit_code == 0
     assert not (tmp_path / "mlflow.db").exists()
-    with caplog.at_level(logging.WARNING, logger="idcluster"):
-        result = invoke("cluster", *base, f"output_dir={tmp_path / 'b'}", "tracking_uri=nosuchscheme://x")
+    result = invoke("cluster", *base, f"output_dir={tmp_path / 'b'}", "tracking_uri=nosuchscheme://x")
     assert result.exit_code == 0, result.output
-    assert "MLflow tracking failed" in caplog.text
     assert (tmp_path / "b" / "identity_clustering.json").is_file()
+    # The detached logger fails; the next run says so (and tries again).
+    [failed] = logged(tmp_path)
+    assert failed["state"] == "failed" and "nosuchscheme" in failed["error"]
+    with caplog.at_level(logging.WARNING, logger="idcluster"):
+        result = invoke("cluster", *base, f"output_dir={tmp_path / 'c'}", "tracking_uri=nosuchscheme://x")
+    assert result.exit_code == 0, result.output
+    assert "MLflow tracking failed" in caplog.text and "nosuchscheme" in caplog.text
+    assert (tmp_path / "c" / "identity_clustering.json").is_file()
+    assert [s["state"] for s in logged(tmp_path)] == ["failed", "failed"]
 
 
 def test_expand_grid_uses_hydra_sweep_syntax():

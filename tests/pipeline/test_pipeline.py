@@ -157,8 +157,12 @@ def test_corrupt_cache_entry_is_a_warning_and_a_recompute(small_set, tmp_path, c
     folder, _ = small_set
     cfg = config(folder)
     run(cfg)
-    entries = sorted((tmp_path / "cache" / pipeline.EMBED).rglob("*.npz"))
-    entries[0].write_bytes(b"not an npz")
+    from idcluster.cache import maintenance
+    from idcluster.cache.pack import open_pack
+
+    root = tmp_path / "cache"  # embeddings are packed: overwrite one with bytes no codec wrote
+    key = min(e.packed.key for e in maintenance.entries(root)[0] if e.stage == pipeline.EMBED)
+    open_pack(root).put(pipeline.EMBED, key, "npz", b"not an array record")
     with caplog.at_level(logging.WARNING, logger="idcluster"):
         result = run(cfg)
     assert "corrupt cache entry" in caplog.text
