@@ -200,11 +200,11 @@ def immich_rule(X: np.ndarray, max_distance: float = 0.5, min_faces: int = 3) ->
 def idcluster_embeddings(input_dir: Path, cache: Path, embedder: str):
     """Records and embeddings of `embedder` from idcluster's cache (filled by the runs before)."""
     from idcluster.workflows.cluster import make_spec
-    from idcluster.config.compose import load_config
+    from idcluster.config.settings import load_settings
     from idcluster.pipeline.stages import run
 
-    cfg = load_config([f"input_dir={input_dir}", f"cache_dir={cache}", f"embedder={embedder}"])
-    threshold = cfg.embedder.get("distance_threshold")
+    cfg = load_settings([f"input_dir={input_dir}", f"cache_dir={cache}", f"embedder={embedder}"])
+    threshold = cfg.distance_threshold
     return run(make_spec(cfg, "embed", progress=False), until="embed", cached_only=True), threshold
 
 

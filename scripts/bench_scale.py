@@ -59,19 +59,19 @@ def real_embeddings(eval_root: Path, sets: list[str], cache_dir: Path) -> tuple[
 
     from idcluster.pipeline import stages as pipeline
     from idcluster.workflows.cluster import make_spec
-    from idcluster.config.compose import load_config
+    from idcluster.config.settings import load_settings
     from _bench_common import link_input
 
     with tempfile.TemporaryDirectory() as tmp:
         truth = link_input(eval_root, sets, Path(tmp) / "in")
-        cfg = load_config([f"input_dir={tmp}/in", f"output_dir={tmp}/out", f"cache_dir={cache_dir}", "tracking=off"])
+        cfg = load_settings([f"input_dir={tmp}/in", f"output_dir={tmp}/out", f"cache_dir={cache_dir}", "tracking=off"])
         result = pipeline.run(make_spec(cfg, "embed", progress=False), until="embed")
         rows, ids = [], []
         for rec in result.records:
             if rec.embedding_row is not None:
                 rows.append(rec.embedding_row)
                 ids.append(truth[rec.rel_path][1])
-        return result.embeddings[rows].astype(np.float64), np.asarray(ids), float(cfg.embedder.distance_threshold)
+        return result.embeddings[rows].astype(np.float64), np.asarray(ids), float(cfg.distance_threshold)
 
 
 def _unit(X):

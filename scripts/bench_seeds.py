@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from idcluster.workflows.cluster import make_spec
-from idcluster.config.compose import load_config
+from idcluster.config.settings import load_settings
 from idcluster.experiments.evaluation import link_sets
 from idcluster.experiments.metrics import score
 from idcluster.pipeline.stages import run
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                     if n:
                         over.append(f"seeds={seed_file}")
                     t0 = time.perf_counter()
-                    result = run(make_spec(load_config(over), "cluster", progress=False))
+                    result = run(make_spec(load_settings(over), "cluster", progress=False))
                     recs = [r for r in result.records if r.rel_path in truth]
                     row = {"set": name, "seeds_per_character": n, "config": cname, "images": len(recs)}
                     for part, keep in (("all", recs), ("unseeded", [r for r in recs if r.rel_path not in seeds])):

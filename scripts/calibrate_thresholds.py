@@ -24,6 +24,7 @@ import numpy as np
 from idcluster.pipeline import stages as pipeline
 from idcluster.workflows.cluster import make_spec
 from idcluster.config.compose import build, load_config
+from idcluster.config.settings import load_settings
 from idcluster.experiments.evaluation import evaluate, link_sets
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         truth = link_sets([args.eval_root / args.set], Path(tmp), part=args.part)
         base = [f"input_dir={tmp}", f"cache_dir={args.cache_dir}", f"embedder={args.embedder}", "faces.min_face_size=0"]
-        result = pipeline.run(make_spec(load_config(base), "embed", progress=False), until="embed")
+        result = pipeline.run(make_spec(load_settings(base), "embed", progress=False), until="embed")
         rows = [r for r in result.records if r.embedding_row is not None]
         X = result.embeddings[[r.embedding_row for r in rows]]
         stats = pair_stats(X, [truth[r.rel_path][1] for r in rows])

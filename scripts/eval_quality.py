@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from idcluster.workflows.cluster import make_spec
-from idcluster.config.compose import load_config
+from idcluster.config.settings import load_settings
 from idcluster.errors import InputError
 from idcluster.experiments.evaluation import evaluate, link_sets
 from idcluster.pipeline.stages import run
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             truth = link_sets([args.eval_root / n for n in names], dest)
             distractors = tuple(n for n in names if "distractor" in n)
             for cname, overrides in configs:
-                cfg = load_config([f"input_dir={dest}", f"cache_dir={args.cache_dir}", *set_overrides, *overrides])
+                cfg = load_settings([f"input_dir={dest}", f"cache_dir={args.cache_dir}", *set_overrides, *overrides])
                 t0 = time.perf_counter()
                 row = {"set": "+".join(names), "config": cname, "overrides": set_overrides + overrides}
                 try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from idcluster.config.compose import load_config
+from idcluster.config.settings import load_settings
 from idcluster.experiments.demo_data import build_demo_set
 from idcluster.detectors.retinaface import RetinaFaceDetector
 
@@ -78,7 +78,7 @@ def config(tmp_path):
     """config(input_dir, *overrides): inline workers (so spies see calls), output and cache in tmp_path."""
 
     def make(input_dir, *overrides):
-        return load_config([
+        return load_settings([
             f"input_dir={input_dir}", f"output_dir={tmp_path / 'out'}", "workers=1",
             "clusterer.min_cluster_size=3", "tracking=off", *overrides,
         ])

@@ -19,8 +19,7 @@ def cluster(
         defaults, base, swept, metric, name = sweep_overrides(list(overrides or []))
         run_sweep(base, swept, out, name=name, metric=metric, progress=not quiet, defaults=defaults)
         return
-    cfg = load(overrides)
-    app.cluster(cfg, out, progress=not quiet)
+    app.cluster(load(overrides), out, progress=not quiet)
 
 
 @handle_errors
@@ -30,5 +29,4 @@ def run(
     quiet: bool = Quiet,
 ) -> None:
     """Run a named experiment of idcluster.toml (same as: cluster +experiment=NAME)."""
-    cfg = load(overrides, f"+experiment={name}")
-    app.cluster(cfg, out, progress=not quiet)
+    app.cluster(load(overrides, f"+experiment={name}"), out, progress=not quiet)

@@ -32,7 +32,7 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 def groups_epilog() -> str:
     lines = ["Config groups (choose with group=option, * = default):"]
     defaults = default_options()
-    for g in (*GROUPS, "pose"):  # pose: views of subcluster-pose and kohya captions
+    for g in GROUPS:
         opts = [o + ("*" if o == defaults.get(g) else "") for o in group_options(g)]
         lines.append(f"  {g}: {', '.join(opts)}")
     lines.append("Any key of the composed config can be overridden, e.g. clusterer.min_cluster_size=5.")
@@ -128,11 +128,13 @@ def project():
 
 
 def load(overrides: Optional[list[str]], *front: str, require_input: bool = True):
-    """The run config: conf/ < project defaults < `front` (a command's own) < CLI overrides.
+    """The run's settings: conf/ < project defaults < `front` (a command's own) < CLI overrides,
+    composed by Hydra and read into typed, frozen RunSettings (the edge: nothing below reads Hydra).
 
     require_input=False for commands that read an earlier output (its JSON) instead of input_dir."""
     from ..config.compose import load_config
     from ..config.project import resolve
+    from ..config.settings import RunSettings
 
     defaults, explicit = resolve(project(), [*front, *(overrides or [])])
-    return load_config(explicit, defaults=defaults, require_input=require_input)
+    return RunSettings.from_config(load_config(explicit, defaults=defaults, require_input=require_input))

@@ -5,7 +5,6 @@ import typer
 from rich.table import Table
 
 from ..workflows import cluster as app
-from ..config.compose import build
 from ..experiments.demo_data import build_demo_set
 from ..experiments.metrics import score
 from .common import Overrides, Quiet, handle_errors, load, out
@@ -21,10 +20,9 @@ def demo(
     # Six identities with 8 images each: clusters of 3+ are real identities here.
     base = [f"output_dir={folder / 'output'}", "clusterer.min_cluster_size=3", "export.overwrite=true"]
     probe = load(overrides, "input_dir=unused")
-    instances, truth = build_demo_set(folder, build(probe, "detector"))
+    instances, truth = build_demo_set(folder, probe.component("detector"))
     out.print(f"demo: {len(truth)} instance crops of {len(set(truth.values()))} people in {instances}")
-    cfg = load(overrides, f"input_dir={instances}", *base)
-    report = app.cluster(cfg, out, progress=not quiet)
+    report = app.cluster(load(overrides, f"input_dir={instances}", *base), out, progress=not quiet)
 
     by_path = {img["rel_path"]: img["identity"] for img in report["images"]}
     table = Table(title="found vs truth", title_justify="left")

@@ -8,8 +8,8 @@ from .common import Overrides, Quiet, handle_errors, load, out
 @handle_errors
 def detect(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
     """Detect faces in every image of input_dir and cache them (nothing is exported)."""
-    cfg = load(overrides)
-    result = run_stage(cfg, "detect", progress=not quiet)
+    run = load(overrides)
+    result = run_stage(run, "detect", progress=not quiet)
     s = statistics(result)
     out.print(f"{s['images']} images: {s['images_with_face']} with a usable face; "
-              f"detected {result.computed['detect']} new, cache {cfg.cache_dir}")
+              f"detected {result.computed['detect']} new, cache {run.cache_dir}")

@@ -8,8 +8,8 @@ from .common import Overrides, Quiet, handle_errors, load, out
 @handle_errors
 def embed(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
     """Detect (where not cached) and embed the chosen face of every image; cache both."""
-    cfg = load(overrides)
-    result = run_stage(cfg, "embed", progress=not quiet)
+    run = load(overrides)
+    result = run_stage(run, "embed", progress=not quiet)
     s = statistics(result)
     out.print(f"{s['images']} images: {s['embedded']} embeddings ({result.computed['embed']} new), "
-              f"cache {cfg.cache_dir}")
+              f"cache {run.cache_dir}")

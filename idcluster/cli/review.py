@@ -55,15 +55,14 @@ def review(
     overrides = [a for a in args if "=" in a]
     if len(folders) > 1:
         raise InputError(f"one output folder, got {len(folders)}: {' '.join(folders)}")
-    cfg = load(overrides, "input_dir=unused")
-    output_dir = Path(folders[0] if folders else cfg.output_dir).expanduser()
+    run = load(overrides, require_input=False)
+    output_dir = Path(folders[0]).expanduser() if folders else run.output_dir
     if not output_dir.is_dir():
         raise InputError(f"{output_dir} is not a folder: run `idcluster cluster ... output_dir={output_dir}` first")
-    journal = Path(str(cfg.review.decisions)).expanduser() if cfg.review.decisions else None
     if not _loopback(host):
         log.warning("--host %s: the review page is reachable from other machines (the token still guards it)", host)
     with output_lock(output_dir, "review"):  # one writer per output folder: cluster/export refuse meanwhile
-        store = ReviewStore(output_dir, journal)
+        store = ReviewStore(output_dir, run.review_decisions)
         app = create_app(store)
         port = _free_port(host, port)
         shown = f"[{host}]" if ":" in host else host

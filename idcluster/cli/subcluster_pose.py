@@ -1,9 +1,7 @@
-from pathlib import Path
 from typing import Optional
 
 from rich.table import Table
 
-from ..config.compose import build
 from ..experiments import tracking
 from ..pose.views import subcluster_pose as split
 from ..pose.views import view_order
@@ -18,11 +16,12 @@ def subcluster_pose(overrides: Optional[list[str]] = Overrides, quiet: bool = Qu
     args = list(overrides or [])
     # identity= picks what to split; it is not a config key (nothing else reads it).
     identity = next((a[len(IDENTITY):] for a in args if a.startswith(IDENTITY)), None)
-    cfg = load([a for a in args if not a.startswith(IDENTITY)], require_input=False)
-    exporter = build(cfg, "export")  # export.mode places the view folders' files, export.names names identities
-    result = split(Path(cfg.output_dir).expanduser(), build(cfg, "pose"), Path(cfg.cache_dir).expanduser(),
-                   mode=exporter.mode, names=exporter.names, identity=identity or None, progress=not quiet)
-    table = Table(title=f"views per identity ({cfg.pose.method}) in {result['root']}", title_justify="left")
+    run = load([a for a in args if not a.startswith(IDENTITY)], require_input=False)
+    exporter = run.component("export")  # export.mode places the view folders' files, export.names names identities
+    pose = run.component("pose")
+    result = split(run.output_dir, pose, run.cache_dir, mode=exporter.mode, names=exporter.names,
+                   identity=identity or None, progress=not quiet)
+    table = Table(title=f"views per identity ({pose.method}) in {result['root']}", title_justify="left")
     views = sorted({v for counts in result["views"].values() for v in counts}, key=view_order)
     table.add_column("identity")
     for v in views:
@@ -35,9 +34,9 @@ def subcluster_pose(overrides: Optional[list[str]] = Overrides, quiet: bool = Qu
         out.print(f"{name}: centre yaw {c['yaw']:+.0f}, pitch {c['pitch']:+.0f}")
     if result["sheets"]:
         out.print(f"contact sheets in {result['sheets'][0].parent}")
-    if tracking.enabled(cfg.tracking):
-        tracker = tracking.Tracker(cfg.tracking_uri, cfg.experiment_name)
+    if run.tracking.enabled:
+        tracker = tracking.Tracker(run.tracking.uri, run.tracking.experiment)
         with tracker.run("subcluster-pose", tags={"command": "subcluster-pose"}) as run_id:
             if run_id:
                 counts = {f"views.{i}.{v}": n for i, c in result["views"].items() for v, n in c.items()}
-                tracker.log(tracking.flatten({"pose": dict(cfg.pose)}), counts, result["sheets"])
+                tracker.log(tracking.flatten({"pose": run.choice("pose")}), counts, result["sheets"])

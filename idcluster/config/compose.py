@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 # conf/config.yaml's cache_dir: ${idcluster_cache:} = $IDCLUSTER_CACHE, $XDG_CACHE_HOME/idcluster or ~/.cache/idcluster.
 OmegaConf.register_new_resolver("idcluster_cache", lambda: str(default_cache_dir()), replace=True)
 
-GROUPS = ("detector", "embedder", "reducer", "clusterer")
+def _groups() -> tuple[str, ...]:
+    """Every config group, in conf/config.yaml's defaults-list order (each option a `_target_`)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(conf_dir() / "config.yaml")).get("defaults", [])
+    return tuple(k for d in defaults if isinstance(d, dict) for k in d)
+
+
 # Options that change where/how fast a model runs, not its results: left out of cache keys.
 RUNTIME_KEYS = frozenset({"device", "threads", "batch_size", "memory", "backend", "model_dir"})
 # Facts about a component that other groups read by interpolation (an embedder's
@@ -49,6 +54,9 @@ def conf_dir() -> Path:
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+GROUPS = _groups()
 
 
 def default_options() -> dict[str, str]:

@@ -32,7 +32,8 @@ from ..pipeline import stages as pipeline
 from . import tracking
 from ..workflows.cluster import make_spec, run_metrics
 from ..cache.store import cache_key
-from ..config.compose import GROUPS, group_options, load_config, params
+from ..config.compose import GROUPS, group_options, load_config
+from ..config.settings import RunSettings
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class PointComposer:
         self.composed: dict[tuple, DictConfig] = {}
         self.parser = OverridesParser.create()
 
-    def __call__(self, point: list[str]) -> DictConfig:
+    def __call__(self, point: list[str]) -> RunSettings:
         parsed = self.parser.parse_overrides(list(point))
         groups = tuple(p for p, o in zip(point, parsed) if o.key_or_group in GROUPS)
         values = [o for p, o in zip(point, parsed) if p not in groups]
@@ -88,17 +89,17 @@ class PointComposer:
             OmegaConf.resolve(cfg)
         except (HydraException, OmegaConfBaseException) as e:
             raise ConfigError(f"bad override: {' '.join(str(e).split())}") from None
-        return cfg
+        return RunSettings.from_config(cfg)
 
 
-def _upstream_key(cfg) -> str:
+def _upstream_key(run: RunSettings) -> str:
     """Points with equal keys share detections and embeddings."""
-    return cache_key(str(cfg.input_dir), str(cfg.cache_dir), params(cfg, "detector"), params(cfg, "embedder"),
-                     OmegaConf.to_container(cfg.faces, resolve=True))
+    return cache_key(str(run.input_dir), str(run.cache_dir), run.params("detector"), run.params("embedder"),
+                     run.choice("faces"))
 
 
-def default_metric(cfg) -> str:
-    return cfg.sweep.metric or ("bcubed_f1" if cfg.labels else "silhouette")
+def default_metric(run: RunSettings) -> str:
+    return run.sweep_metric or ("bcubed_f1" if run.labels else "silhouette")
 
 
 def run_sweep(base: list[str], sweep_overrides: list[str], console: Console, name: str = "sweep",
@@ -110,29 +111,29 @@ def run_sweep(base: list[str], sweep_overrides: list[str], console: Console, nam
     minimise = metric.startswith("-")
     metric = metric.lstrip("-")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(first.output_dir).expanduser() / "sweeps" / f"{name}-{stamp}"
+    out_dir = first.output_dir / "sweeps" / f"{name}-{stamp}"
     console.print(f"sweep: {len(points)} points over {', '.join(swept) or 'no swept keys'}; sorting by {metric}")
 
-    tracker = tracking.Tracker(first.tracking_uri, first.experiment_name) if tracking.enabled(first.tracking) else None
+    tracker = tracking.Tracker(first.tracking.uri, first.tracking.experiment) if first.tracking.enabled else None
     upstream: dict[str, pipeline.Result] = {}
     rows: list[dict] = []
     t_start = time.perf_counter()
     with (tracker.run(name, tags={"idcluster.sweep": " ".join(sweep_overrides)}) if tracker else nullcontext()) as parent:
         for i, point in enumerate(points):
-            cfg = compose_point(point)
-            key = _upstream_key(cfg)
+            run = compose_point(point)
+            key = _upstream_key(run)
             if key not in upstream:
-                upstream[key] = pipeline.run(make_spec(cfg, "embed", progress), until="embed")
+                upstream[key] = pipeline.run(make_spec(run, "embed", progress), until="embed")
             result = upstream[key]
             t0 = time.perf_counter()
-            pipeline.cluster_stage(make_spec(cfg, "cluster", progress=False), result)
-            metrics = run_metrics(cfg, result)
+            pipeline.cluster_stage(make_spec(run, "cluster", progress=False), result)
+            metrics = run_metrics(run, result)
             metrics["seconds"] = time.perf_counter() - t0
             swept_values = [p for p in point if p.split("=", 1)[0] in swept]
             rows.append({"point": i, "overrides": swept_values, **metrics})
             if tracker and parent:
                 with tracker.run(" ".join(swept_values) or f"point {i}", nested=True):
-                    tracker.log({**tracking.flatten(OmegaConf.to_container(cfg, resolve=True)),
+                    tracker.log({**tracking.flatten(run.config), **tracking.flatten({"clusterer_ran": result.clusterer_ran}),
                                  "sweep.point": str(i)}, metrics)
         total = time.perf_counter() - t_start
         ranked = sorted(rows, key=lambda r: r.get(metric, float("nan")) if minimise else -r.get(metric, float("-inf")))

@@ -202,7 +202,8 @@ def hand_off_cluster_run(uri: str | None, experiment: str, report: dict, X: np.n
     root = run_spool.spool_root(cache_dir)
     uri = uri or default_uri()
     run = {"uri": uri, "experiment": experiment, "name": Path(report["input_dir"]).name,
-           "params": flatten(report["config"]), "metrics": numeric(report["metrics"]),
+           "params": {**flatten(report["config"]), **flatten({"clusterer_ran": report.get("clusterer_ran") or {}})},
+           "metrics": numeric(report["metrics"]),
            "tags": {"mlflow.user": getpass.getuser(), "mlflow.source.name": "idcluster cluster",
                     "mlflow.source.type": "LOCAL"},
            "cwd": os.getcwd(), "created": time.time()}

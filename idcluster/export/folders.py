@@ -33,6 +33,7 @@ class FoldersExport:
     """
 
     reads_report = False  # True: `idcluster export` writes this format from the JSON alone (no input_dir)
+    needs_pose = False  # True: write() takes the pose settings (views), built only then
 
     def __init__(self, format: str = "folders", mode: str = "copy", save_faces: bool = False,
                  overwrite: bool = False, names: dict | None = None):

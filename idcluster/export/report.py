@@ -157,6 +157,8 @@ def build_report(result, config: dict, models: dict, input_dir, output_dir,
         "config": config,
         "models": models,
         "cache_keys": result.keys,
+        # The estimator that partitioned the faces (the configured one, or its large-set stand-in).
+        "clusterer_ran": result.clusterer_ran,
         "clusters": [{"identity": name, "cluster": i, "size": 0, "images": [], **review_fields(meta.get(i))}
                      for i, name in enumerate(names)],
         "noise": {},

@@ -22,6 +22,7 @@ class KohyaExport(FoldersExport):
     """conf/export/kohya.yaml: folders' keys plus the training set's (dest, sizes, captions, repeats)."""
 
     reads_report = True
+    needs_pose = True  # captions and max_per_view name each image's view
 
     def __init__(self, format: str = "kohya", mode: str = "copy", save_faces: bool = False, overwrite: bool = False,
                  names: dict | None = None, dest: str | None = None, caption_prefix: str | None = "",

@@ -10,6 +10,7 @@ from idcluster.workflows.cluster import make_spec
 from idcluster.clustering.base import enforce_cannot_link, reassign_noise
 from idcluster.clustering.clusterers import HDBSCAN, Agglomerative, ChineseWhispers, DBSCAN
 from idcluster.config.compose import build, group_options, load_config
+from idcluster.config.settings import load_settings
 from idcluster.experiments.evaluation import evaluate, link_sets
 from idcluster.experiments.metrics import bcubed_prf
 
@@ -97,7 +98,7 @@ def test_quality_floor_on_lfw_with_distractors(eval_root, tmp_path, option, floo
     merged), chinese_whispers 0.970, hdbscan 0.965. Without flip at min_face_size 64: 0.960, 0.967, 0.954."""
     dest = tmp_path / "in"
     truth = link_sets([eval_root / "lfw_150px_40ids", eval_root / "lfw_150px_distractor_singletons"], dest)
-    cfg = load_config([f"input_dir={dest}", f"output_dir={tmp_path / 'o'}", f"clusterer={option}",
+    cfg = load_settings([f"input_dir={dest}", f"output_dir={tmp_path / 'o'}", f"clusterer={option}",
                        "clusterer.min_cluster_size=3" if option == "hdbscan" else "clusterer.min_cluster_size=2"])
     result = pipeline.run(make_spec(cfg, "cluster", progress=False))
     m = evaluate(result.records, truth, ("lfw_150px_distractor_singletons",))

@@ -12,7 +12,8 @@ ALL_OPTIONS = [(g, o) for g in GROUPS for o in group_options(g)]
 
 
 def test_groups_have_options():
-    assert GROUPS == ("detector", "embedder", "reducer", "clusterer")
+    # Every swappable part is a config group whose options name a class by _target_ (issue 16).
+    assert GROUPS == ("detector", "embedder", "reducer", "clusterer", "runner", "pose", "appearance", "export")
     for g in GROUPS:
         assert group_options(g), f"no options for {g}"
     assert {"retinaface"} <= set(group_options("detector"))

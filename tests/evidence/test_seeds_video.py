@@ -162,7 +162,7 @@ def test_bad_seeds_are_one_line_errors(small_set, tmp_path, config):
 
 
 def test_seeds_and_patterns_from_the_project_file(small_set, tmp_path):
-    from idcluster.config.compose import load_config
+    from idcluster.config.settings import load_settings
     from idcluster.config.project import load_project, resolve
 
     folder, truth = small_set
@@ -172,7 +172,7 @@ def test_seeds_and_patterns_from_the_project_file(small_set, tmp_path):
         f'[defaults]\ninput_dir = "{folder}"\nseeds = "{seeds}"\n'
         'overrides = ["constraints.frame_pattern=\'_(f\\\\d+)_\'", "constraints.track_pattern=\'^(t\\\\d+)_\'"]\n')
     defaults, explicit = resolve(load_project(tmp_path / "idcluster.toml"), [])
-    spec = make_spec(load_config(explicit, defaults=defaults), "cluster")
+    spec = make_spec(load_settings(explicit, defaults=defaults), "cluster")
     kinds = {type(s).__name__ for s in spec.constraint_sources}
     assert kinds == {"Seeds", "VideoLinks"}
     video = next(s for s in spec.constraint_sources if type(s).__name__ == "VideoLinks")

@@ -10,7 +10,7 @@ import pytest
 
 from idcluster.pipeline import stages as pipeline
 from idcluster.workflows.cluster import make_spec
-from idcluster.config.compose import load_config
+from idcluster.config.settings import load_settings
 from idcluster.experiments.evaluation import evaluate, link_sets
 
 pytestmark = [pytest.mark.eval, pytest.mark.slow]
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.eval, pytest.mark.slow]
 def run_sets(eval_root, names, tmp_path, *overrides):
     dest = tmp_path / "input"
     truth = link_sets([eval_root / n for n in names], dest)
-    cfg = load_config([f"input_dir={dest}", f"output_dir={tmp_path / 'out'}", *overrides])
+    cfg = load_settings([f"input_dir={dest}", f"output_dir={tmp_path / 'out'}", *overrides])
     result = pipeline.run(make_spec(cfg, "cluster", progress=False))
     return evaluate(result.records, truth, tuple(n for n in names if "distractor" in n))
 
@@ -57,7 +57,7 @@ def test_group_photos_faces_join_their_people(eval_root, tmp_path, clusterer):
     pairs = {"fr_obama_and_biden.jpg": {"obama", "biden"}, "fr_kit_with_rose.jpg": {"kit_harington", "rose_leslie"}}
     for name in pairs:
         os.symlink(eval_root / "group_photos" / name, dest / "group" / name)
-    cfg = load_config([f"input_dir={dest}", f"output_dir={tmp_path / 'out'}", "faces.select=all",
+    cfg = load_settings([f"input_dir={dest}", f"output_dir={tmp_path / 'out'}", "faces.select=all",
                        f"clusterer={clusterer}", "clusterer.min_cluster_size=2"])
     result = pipeline.run(make_spec(cfg, "cluster", progress=False))
     person_of_cluster = {}

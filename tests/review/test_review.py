@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from idcluster.workflows import cluster as app
 from idcluster.cli import app as cli_app
-from idcluster.config.compose import load_config
+from idcluster.config.settings import load_settings
 from idcluster.export.report import JSON_NAME
 from idcluster.evidence import decisions as D
 from idcluster.export.locking import output_lock
@@ -39,7 +39,7 @@ def clustered(demo_set, tmp_path_factory):
         for name in [n for n in sorted(truth) if truth[n] == identity][:PER_PERSON]:
             shutil.copy2(src / name, inp / name)
             keep[name] = identity
-    cfg = load_config([f"input_dir={inp}", f"output_dir={root / 'out'}", f"cache_dir={root / 'cache'}", "workers=1",
+    cfg = load_settings([f"input_dir={inp}", f"output_dir={root / 'out'}", f"cache_dir={root / 'cache'}", "workers=1",
                        "clusterer.min_cluster_size=3", "tracking=off"])
     from rich.console import Console
 
@@ -356,7 +356,7 @@ def test_only_output_files_and_inputs_are_served(client, out, tmp_path):
 
 def test_symlink_export_serves_registered_inputs(clustered, tmp_path):
     root, inp, _ = clustered
-    cfg = load_config([f"input_dir={inp}", f"output_dir={tmp_path / 'sym'}", f"cache_dir={root / 'cache'}", "workers=1",
+    cfg = load_settings([f"input_dir={inp}", f"output_dir={tmp_path / 'sym'}", f"cache_dir={root / 'cache'}", "workers=1",
                        "clusterer.min_cluster_size=3", "tracking=off", "export.mode=symlink"])
     from rich.console import Console
 
@@ -376,7 +376,7 @@ def test_symlink_export_serves_registered_inputs(clustered, tmp_path):
 def test_saved_face_crops_follow_their_faces(clustered, tmp_path):
     root, inp, _ = clustered
     out = tmp_path / "faces_out"
-    cfg = load_config([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
+    cfg = load_settings([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
                        "clusterer.min_cluster_size=3", "tracking=off", "export.save_faces=true"])
     from rich.console import Console
 
@@ -405,7 +405,7 @@ def test_group_photo_follows_each_of_its_faces(clustered, tmp_path):
     shutil.copytree(inp0, inp)
     shutil.copy2(insightface_image("t1.jpg"), inp / "group.jpg")
     out = tmp_path / "group_out"
-    cfg = load_config([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
+    cfg = load_settings([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
                        "clusterer.min_cluster_size=3", "tracking=off", "faces.select=all"])
     from rich.console import Console
 
@@ -466,7 +466,7 @@ def recluster(clustered, out: Path, inp: Path, *overrides: str) -> dict:
     from rich.console import Console
 
     root = clustered[0]
-    cfg = load_config([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
+    cfg = load_settings([f"input_dir={inp}", f"output_dir={out}", f"cache_dir={root / 'cache'}", "workers=1",
                        "clusterer.min_cluster_size=3", "tracking=off", "export.overwrite=true", *overrides])
     return app.cluster(cfg, Console(quiet=True), progress=False)
 

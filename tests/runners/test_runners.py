@@ -11,6 +11,7 @@ import pytest
 from idcluster.pipeline import stages as pipeline
 from idcluster.workflows.cluster import make_spec
 from idcluster.config.compose import load_config
+from idcluster.config.settings import load_settings
 from idcluster.errors import ModelError, PipelineError
 from idcluster.runners import make_runner
 from idcluster.runners.local import LocalRunner
@@ -63,8 +64,8 @@ def ray_local():
 def test_ray_gives_the_same_identities_as_local(ray_local, small_set, tmp_path):
     folder, truth = small_set
     base = [f"input_dir={folder}", "clusterer.min_cluster_size=3", "tracking=off", "workers=2"]
-    local = run(load_config([*base, f"output_dir={tmp_path / 'a'}", f"cache_dir={tmp_path / 'cache_a'}"]))
-    remote = run(load_config([*base, f"output_dir={tmp_path / 'b'}", f"cache_dir={tmp_path / 'cache_b'}", "runner=ray"]))
+    local = run(load_settings([*base, f"output_dir={tmp_path / 'a'}", f"cache_dir={tmp_path / 'cache_a'}"]))
+    remote = run(load_settings([*base, f"output_dir={tmp_path / 'b'}", f"cache_dir={tmp_path / 'cache_b'}", "runner=ray"]))
     assert remote.computed["embed"] == len(truth)  # its own cache: really computed on the actors
     assert identities(remote) == identities(local)
     assert len(identities(local)) == 7
@@ -76,8 +77,8 @@ def test_killed_ray_worker_loses_only_in_flight_images_and_a_rerun_resumes(ray_l
     from idcluster.runners.ray_runner import RayRunner
 
     folder, truth = small_set
-    cfg = load_config([f"input_dir={folder}", f"output_dir={tmp_path / 'o'}", "clusterer.min_cluster_size=3",
-                       "tracking=off", "workers=2", "runner=ray", "runner.window=2"])
+    cfg = load_settings([f"input_dir={folder}", f"output_dir={tmp_path / 'o'}", "clusterer.min_cluster_size=3",
+                         "tracking=off", "workers=2", "runner=ray", "runner.window=2"])
     original = RayRunner.run
     finished = {"n": 0}
 
