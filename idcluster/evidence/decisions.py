@@ -36,6 +36,11 @@ def face_key(sha256: str, face_index: int) -> str:
     return f"{sha256}:{int(face_index)}"
 
 
+def name_key(name: str) -> str:
+    """What makes two names the same name (folders and kohya captions ignore case and outer spaces)."""
+    return " ".join(name.split()).casefold()
+
+
 # ---------------------------------------------------------------- journal file
 
 
@@ -250,18 +255,17 @@ def facts(entries: list[dict]) -> Facts:
                 dismissed.append((a["a"], a["b"]))
     groups = []
     if state is not None:
-        by_name: dict[str, dict] = {}
+        named: dict[str, Identity] = {}
         for ident in sorted(state.identities.values(), key=lambda d: d.id):
             faces = state.members(ident.id)
             if not ident.reviewed or not faces:
                 continue
-            if ident.name and ident.name in by_name:  # one name, one person
-                by_name[ident.name]["faces"] += faces
-                continue
-            g = {"faces": faces, "name": ident.name, "hidden": ident.hidden}
-            groups.append(g)
-            if ident.name:
-                by_name[ident.name] = g
+            # One name on two identities is not a merge: only the user's own merge joins two people
+            # (the review asks when a rename reuses a name); the next run keeps them apart.
+            if ident.name and (first := named.setdefault(name_key(ident.name), ident)) is not ident:
+                log.warning("identities %d and %d are both named %r but were never merged: kept apart "
+                            "(merge them in review if they are one person)", first.id, ident.id, ident.name)
+            groups.append({"faces": faces, "name": ident.name, "hidden": ident.hidden})
     return Facts(groups, rejects, dismissed)
 
 

@@ -1,17 +1,26 @@
 """The review web app (Starlette): a JSON API over ReviewStore plus the static page.
 
-Safety: every request needs the session's random token (the printed URL's
-?token=, then an HttpOnly SameSite=Strict cookie); requests that change state
-need it in the X-Review-Token header, which another site's form or script
-cannot send (CSRF). Only files inside the output folder and the registered
-input images are served; anything else, `..`, encoded slashes, absolute paths
-and symlinks pointing out of the folder included, is a 404.
+Safety: a request whose Host header is not one the server printed is refused
+(421: a DNS-rebinding page cannot reach it under its own name); every request
+needs the session's random token (the printed URL's ?token=, then an HttpOnly
+SameSite=Strict cookie named for this session, so two sessions in one browser
+keep their own); requests that change state need it in the X-Review-Token
+header, which another site's form or script cannot send (CSRF), and their
+bodies are capped and checked against review.schema (400 with the reason).
+Only files inside the output folder and the registered input images are
+served; anything else, `..`, encoded slashes, absolute paths and symlinks
+pointing out of the folder included, is a 404.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import secrets
+import threading
+import time
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -27,13 +36,22 @@ from starlette.staticfiles import StaticFiles
 from ..cache.store import StageCache
 from ..errors import IdclusterError
 from ..evidence import decisions as D
+from .actions import NameTaken, describe
+from .schema import BadRequest, parse, read_body
 from .store import ReviewStore
 from .thumbs import face_thumbnail
 
-COOKIE = "idcluster_review"
+log = logging.getLogger(__name__)
+
+COOKIE = "idcluster_review"  # + a digest of the session's token: one cookie per session
 HEADER = "x-review-token"
 SAFE_METHODS = {"GET", "HEAD"}
 PAGE_LIMIT = 500
+
+
+def cookie_name(token: str) -> str:
+    """The session's cookie: cookies are shared by every port of a host, so each session names its own."""
+    return f"{COOKIE}_{hashlib.sha256(token.encode()).hexdigest()[:12]}"
 
 
 def static_dir() -> Path:
@@ -41,25 +59,29 @@ def static_dir() -> Path:
 
 
 class TokenMiddleware(BaseHTTPMiddleware):
-    def __init__(self, app, token: str):
+    def __init__(self, app, token: str, hosts: Iterable[str]):
         super().__init__(app)
         self.token = token
+        self.cookie = cookie_name(token)
+        self.hosts = frozenset(h.lower() for h in hosts)
 
     def _ok(self, value: str | None) -> bool:
         return bool(value) and secrets.compare_digest(value.encode(), self.token.encode())
 
     async def dispatch(self, request: Request, call_next):
+        if request.headers.get("host", "").lower() not in self.hosts:
+            return PlainTextResponse("this page answers only at the address `idcluster review` printed", status_code=421)
         header = request.headers.get(HEADER)
         if request.method not in SAFE_METHODS:
             if not self._ok(header):
                 return PlainTextResponse("missing or wrong X-Review-Token header", status_code=403)
             return await call_next(request)
         query = request.query_params.get("token")
-        if not (self._ok(header) or self._ok(query) or self._ok(request.cookies.get(COOKIE))):
+        if not (self._ok(header) or self._ok(query) or self._ok(request.cookies.get(self.cookie))):
             return PlainTextResponse("open the URL printed by `idcluster review` (it carries the token)", status_code=403)
         response = await call_next(request)
         if self._ok(query):
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+            response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict")
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
@@ -78,7 +100,8 @@ def safe_file(store: ReviewStore, rel: str) -> Path | None:
     return Path(real) if os.path.isfile(real) else None
 
 
-def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
+def create_app(store: ReviewStore, token: str | None = None, hosts: Iterable[str] = ("127.0.0.1", "localhost")) -> Starlette:
+    """hosts: the Host header values to answer (host:port of each URL printed; default: loopback without a port)."""
     token = token or secrets.token_urlsafe(24)
     thumbs = StageCache(store.cache_dir)
     index_html = (static_dir() / "index.html").read_text(encoding="utf-8")
@@ -89,8 +112,11 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
         return {"id": i, "name": d.name, "hidden": d.hidden, "reviewed": d.reviewed, "size": len(ranked),
                 "folder": names.get(i), "reps": ranked[:4]}
 
+    first_view = threading.Event()
+
     def overview(request: Request) -> JSONResponse:
-        with store.lock:
+        first_view.set()
+        with store.view_lock:
             s = store.state
             ids = sorted(s.live_ids(), key=lambda i: (-len(s.members(i)), i))
             names = store.folder_names()
@@ -99,11 +125,16 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
             return JSONResponse({
                 "identities": idents,
                 "noise": {"id": D.NOISE, "size": len(noise), "reps": noise[:4]},
-                "suggestions": store.suggestions(),
                 "can_undo": bool(s.applied), "can_redo": bool(s.undone),
-                "last": _describe(s.applied[-1]) if s.applied else None,
+                "last": describe(s.applied[-1], store.all_entries, names) if s.applied else None,
                 "output_dir": str(store.output_dir),
+                "threshold": store.ranking.threshold,
             })
+
+    def suggestions(request: Request) -> JSONResponse:
+        """Asked for after the first view is on screen: the page does not wait for them."""
+        with store.view_lock:
+            return JSONResponse({"suggestions": store.suggestions(), "threshold": store.ranking.threshold})
 
     def members(request: Request) -> JSONResponse:
         try:
@@ -112,21 +143,32 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
             limit = min(PAGE_LIMIT, max(1, int(request.query_params.get("limit", 200))))
         except ValueError:
             return JSONResponse({"error": "bad number"}, status_code=400)
-        order = request.query_params.get("sort", "confidence")
-        with store.lock:
+        order = request.query_params.get("sort", "doubtful")
+        with store.view_lock:
             if ident != D.NOISE and ident not in store.state.live_ids():
                 return JSONResponse({"error": f"no identity {ident}"}, status_code=404)
-            conf = store.confidence(ident)
-            keys = sorted(conf, key=lambda k: (conf[k], k))  # doubtful first
-            if order == "name":
-                keys.sort(key=lambda k: store.images[store.faces[k][0]]["rel_path"])
-            elif order == "-confidence":
-                keys.reverse()
+            dist = store.member_distances(ident)
+            rel = lambda k: store.images[store.faces[k][0]]["rel_path"]  # noqa: E731
+            if order == "name" or ident == D.NOISE:
+                keys = sorted(dist, key=lambda k: (rel(k), k))
+            else:  # doubtful first: farthest from the identity's core (unknown distances last)
+                keys = sorted(dist, key=lambda k: (dist[k] is None, -(dist[k] or 0.0), k))
+                if order == "typical":
+                    keys = [k for k in reversed(keys) if dist[k] is not None] + [k for k in keys if dist[k] is None]
             page = keys[offset:offset + limit]
-            items = [{"face": k, "image": store.faces[k][0], "rel_path": store.images[store.faces[k][0]]["rel_path"],
-                      "confidence": round(conf[k], 4)} for k in page]
+            items = [member_json(k, dist[k]) for k in page]
             info = identity_json(ident, store.folder_names()) if ident != D.NOISE else {"id": D.NOISE, "name": "noise", "size": len(keys)}
-            return JSONResponse({"identity": info, "total": len(keys), "offset": offset, "members": items})
+            return JSONResponse({"identity": info, "total": len(keys), "offset": offset, "members": items,
+                                 "threshold": store.ranking.threshold})
+
+    def member_json(k: str, distance: float | None) -> dict:
+        i, f = store.faces[k]
+        img = store.images[i]
+        faces = img.get("faces") or []
+        return {"face": k, "image": i, "rel_path": img["rel_path"],
+                "distance": None if distance is None else round(distance, 3),
+                "doubtful": distance is not None and distance > 1.0,
+                "box": faces[f]["box"] if f < len(faces) else None}
 
     def thumb(request: Request) -> Response:
         key = request.path_params["face"]
@@ -162,17 +204,21 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
 
     async def action(request: Request) -> JSONResponse:
         try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "body is not JSON"}, status_code=400)
-        if not isinstance(body, dict):
-            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
-        try:
+            body = parse(await read_body(request))
             entry = await run_in_threadpool(store.act, body)
+        except BadRequest as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        except NameTaken as e:  # the page asks: one person? then it merges them
+            return JSONResponse({"error": str(e), "conflict": {"id": e.ident, "name": e.name, "other": e.other}},
+                                status_code=409)
         except IdclusterError as e:
             return JSONResponse({"error": str(e)}, status_code=400)
+        with store.view_lock:
+            names = store.folder_names()
+            message = describe(entry, store.all_entries, names)
+        to = entry.get("to")
         return JSONResponse({"ok": True, "entry": {k: entry[k] for k in ("op", "seq") if k in entry},
-                             "to": entry.get("to")})
+                             "to": to, "folder": names.get(to) if to is not None else None, "message": message})
 
     def page(request: Request) -> HTMLResponse:
         return HTMLResponse(index_html.replace("{{TOKEN}}", token))
@@ -180,6 +226,7 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
     routes = [
         Route("/", page),
         Route("/api/state", overview),
+        Route("/api/suggestions", suggestions),
         Route("/api/identity/{ident}", members),
         Route("/api/action", action, methods=["POST"]),
         Route("/thumb/{face}", thumb),
@@ -187,14 +234,20 @@ def create_app(store: ReviewStore, token: str | None = None) -> Starlette:
         Route("/files/{path:path}", files),
         Mount("/static", app=StaticFiles(directory=static_dir()), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(TokenMiddleware, token=token)])
+    app = Starlette(routes=routes, middleware=[Middleware(TokenMiddleware, token=token, hosts=hosts)])
     app.state.token = token
+    app.state.first_view = first_view
     return app
 
 
-def _describe(entry: dict) -> str:
-    op = entry["op"]
-    if op == "move":
-        kind = entry.get("kind", "move")
-        return f"{kind} {len(entry['faces'])} face(s)"
-    return op
+def reconcile_after_first_view(store: ReviewStore, app: Starlette, delay: float = 1.5, timeout: float = 5.0) -> None:
+    """store.reconcile() once the page has had its first view (its state, then `delay` seconds for the
+    thumbnails; at the latest after `timeout`): checking 10,000 files competes with the first view for
+    the interpreter. A problem is a warning: the page still works, the next action reconciles again."""
+    if app.state.first_view.wait(timeout):
+        time.sleep(delay)
+    try:
+        store.reconcile()
+    except (OSError, IdclusterError) as e:
+        log.warning("could not bring %s in line with its review journal: %s", store.output_dir, e)
+

@@ -42,12 +42,21 @@ class ReviewStore:
     """The review state of one output folder; every method is safe to call from many threads.
 
     journal: the decisions file (default <output_dir>/review_decisions.jsonl); cache_dir: where the
-    run's face vectors and the thumbnails are (default: the cache the run recorded)."""
+    run's face vectors and the thumbnails are (default: the cache the run recorded); reconcile=False:
+    the folders and the JSON are checked against the journal only when reconcile() runs (the server
+    runs it in the background once its URL is out: the first view needs only the replayed state).
 
-    def __init__(self, output_dir: Path, journal: Path | None = None, cache_dir: Path | None = None):
+    Locks: `lock` is held by whoever writes (an action, reconciling); `view_lock` by whoever reads the
+    state or ranks faces, and by a writer only while it swaps the state, so reads never wait for files."""
+
+    def __init__(self, output_dir: Path, journal: Path | None = None, cache_dir: Path | None = None,
+                 reconcile: bool = True):
         self.output_dir = Path(output_dir).resolve()
         self.journal = Path(journal) if journal else D.default_path(self.output_dir)
         self.lock = threading.RLock()
+        self.view_lock = threading.RLock()
+        self._written = self._json_stamp()  # before reading: a rewrite after that is seen as a change
+        self._reconciled = False
         self.report = read_report(self.output_dir)
         self.base_id = base_id(self.report)
         self.cache_dir = Path(cache_dir) if cache_dir else recorded_cache_dir(self.report)
@@ -60,6 +69,8 @@ class ReviewStore:
                 self.faces.setdefault(k, (i, fc["face_index"]))
         self.ranking = Ranking(self.report, self.cache_dir)
         self._open()
+        if reconcile:
+            self.reconcile()
 
     @functools.cached_property
     def input_paths(self) -> frozenset[str]:
@@ -94,10 +105,16 @@ class ReviewStore:
             self.epoch_actions = []
             self.all_entries = [*entries, self.epoch_base]
         self.state = D.replay(self.epoch_base, self.epoch_actions)
-        # The JSON is written after the folders, so a JSON that already reflects the whole
-        # journal means the last action finished; the folders are checked either way.
-        done = (self.report.get("review") or {}).get("entries") == len(self.all_entries)
-        self.materialise(write_json=not done)
+
+    def reconcile(self) -> None:
+        """Make the folders and the JSON match the journal (idempotent; a no-op once an action has).
+
+        The JSON is written after the folders, so a JSON that already reflects the whole journal
+        means the last action finished; the folders are checked either way."""
+        with self.lock:
+            if not self._reconciled:
+                done = (self.report.get("review") or {}).get("entries") == len(self.all_entries)
+                self.materialise(write_json=not done)
 
     def _placements(self) -> tuple[dict[str, int], dict[str, int]]:
         """Where the JSON has every clustered face (face key -> identity), and the images placed
@@ -119,11 +136,14 @@ class ReviewStore:
         """Validate an action from the page, commit it, apply it; returns the journal entry."""
         with self.lock:
             self._check_unchanged()
-            entry = self._entry(action)
+            with self.view_lock:
+                entry = self._entry(action)
             D.append_entry(self.journal, entry)
-            self.epoch_actions.append(entry)
-            self.all_entries.append(entry)
-            self.state = D.replay(self.epoch_base, self.epoch_actions)
+            state = D.replay(self.epoch_base, [*self.epoch_actions, entry])
+            with self.view_lock:
+                self.epoch_actions.append(entry)
+                self.all_entries.append(entry)
+                self.state = state
             self.materialise()
             return entry
 
@@ -155,14 +175,15 @@ class ReviewStore:
     def centre(self, ident: int) -> np.ndarray | None:
         return self.ranking.centre(self.state, ident)
 
-    def confidence(self, ident: int) -> dict[str, float]:
-        return self.ranking.confidence(self.state, ident)
+    def member_distances(self, ident: int) -> dict[str, float | None]:
+        return self.ranking.member_distances(self.state, ident)
 
     def _ranked(self, ident: int) -> list[str]:
         return self.ranking.ranked(self.state, ident)
 
-    def suggestions(self, limit: int = 20, min_similarity: float | None = None) -> list[dict]:
-        return self.ranking.suggestions(self.state, self.dismissed(), limit, min_similarity)
+    def suggestions(self, limit: int = 20, max_ratio: float | None = None) -> list[dict]:
+        kw = {} if max_ratio is None else {"max_ratio": max_ratio}
+        return self.ranking.suggestions(self.state, self.dismissed(), limit, **kw)
 
     # ------------------------------------------------------------ materialise (review.materialise)
 
@@ -180,3 +201,4 @@ class ReviewStore:
                 report["review"] = {"decisions": str(self.journal), "entries": len(self.all_entries), "base": self.base_id}
                 write_report(self.output_dir, report, compact=True)
             self._written = self._json_stamp()
+            self._reconciled = True

@@ -21,7 +21,7 @@ from idcluster.config.settings import load_settings
 from idcluster.export.report import JSON_NAME
 from idcluster.evidence import decisions as D
 from idcluster.export.locking import output_lock
-from idcluster.review.server import COOKIE, create_app
+from idcluster.review.server import cookie_name, create_app
 from idcluster.review.store import ReviewStore
 
 PER_PERSON = 4
@@ -134,10 +134,11 @@ def test_every_action_changes_folders_and_json(out, clustered):
     store.act({"op": "unhide", "id": ids[3]})
     assert "hidden" not in next(c for c in assert_consistent(out)["clusters"] if c["cluster"] == ids[3])
 
-    pairs = store.suggestions(min_similarity=-1)
+    every = float("inf")  # every pair, not only those closer than the threshold
+    pairs = store.suggestions(max_ratio=every)
     store.act({"op": "dismiss", "a": pairs[0]["a"], "b": pairs[0]["b"]})
-    assert (pairs[0]["a"], pairs[0]["b"]) not in {(p["a"], p["b"]) for p in store.suggestions(min_similarity=-1)}
-    assert ReviewStore(out).suggestions(min_similarity=-1) == store.suggestions(min_similarity=-1)  # stays dismissed
+    assert (pairs[0]["a"], pairs[0]["b"]) not in {(p["a"], p["b"]) for p in store.suggestions(max_ratio=every)}
+    assert ReviewStore(out).suggestions(max_ratio=every) == store.suggestions(max_ratio=every)  # stays dismissed
 
     for bad in ({"op": "merge", "ids": [a]}, {"op": "split", "faces": []}, {"op": "move", "faces": ["x:0"], "to": a},
                 {"op": "rename", "id": 9999, "name": "x"}, {"op": "explode"}):
@@ -270,7 +271,7 @@ def test_token_on_every_request_and_header_for_changes(client):
     assert client.get("/api/state?token=wrong").status_code == 403
     page = client.get("/?token=secret-token")
     assert page.status_code == 200 and 'content="secret-token"' in page.text
-    assert page.cookies.get(COOKIE) == "secret-token"
+    assert page.cookies.get(cookie_name("secret-token")) == "secret-token"
     assert client.get("/api/state").status_code == 200  # the cookie from the first visit
     assert client.get("/static/app.js").status_code == 200
     # With only the cookie (what a cross-site form would send), changes are refused:
@@ -285,8 +286,8 @@ def test_api_actions_and_pages(client):
     assert state["noise"]["id"] == -1 and not state["can_undo"]
     page = client.get(f"/api/identity/{ids[0]}?limit=2", headers=H).json()
     assert page["total"] >= 3 and len(page["members"]) == 2
-    confs = [m["confidence"] for m in client.get(f"/api/identity/{ids[0]}", headers=H).json()["members"]]
-    assert confs == sorted(confs)  # doubtful first
+    dists = [m["distance"] for m in client.get(f"/api/identity/{ids[0]}", headers=H).json()["members"]]
+    assert dists == sorted(dists, reverse=True)  # doubtful first: farthest from the identity's core
     face = page["members"][0]["face"]
     thumb = client.get(f"/thumb/{face}", headers=H)
     assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
@@ -303,7 +304,7 @@ def test_api_actions_and_pages(client):
 def test_api_every_action_then_undo_all(client, out):
     ids = [d["id"] for d in client.get("/api/state", headers=H).json()["identities"]]
     faces = [m["face"] for m in client.get(f"/api/identity/{ids[0]}", headers=H).json()["members"]]
-    pairs = client.get("/api/state", headers=H).json()["suggestions"] or [{"a": ids[2], "b": ids[3]}]
+    pairs = client.get("/api/suggestions", headers=H).json()["suggestions"] or [{"a": ids[2], "b": ids[3]}]
     steps = [{"op": "dismiss", "a": pairs[0]["a"], "b": pairs[0]["b"]},
              {"op": "merge", "ids": [ids[0], ids[1]], "into": ids[0]},
              {"op": "split", "faces": faces[:1]},
@@ -365,7 +366,7 @@ def test_symlink_export_serves_registered_inputs(clustered, tmp_path):
     folder = next(d for d in sorted(os.listdir(tmp_path / "sym")) if d.startswith("identity_"))
     name = sorted(os.listdir(tmp_path / "sym" / folder))[0]
     assert (tmp_path / "sym" / folder / name).is_symlink()
-    with TestClient(create_app(store, token="t")) as c:
+    with TestClient(create_app(store, token="t"), base_url="http://127.0.0.1") as c:
         assert c.get(f"/files/{folder}/{name}", headers={"X-Review-Token": "t"}).status_code == 200
     ids = sorted(store.state.live_ids())
     store.act({"op": "merge", "ids": ids[:2]})  # moves keep them links to the inputs
@@ -581,3 +582,80 @@ def test_images_placed_without_a_face_stay_with_their_identity(out):
     assert folder() == {again.folder_names()[ident]}
     entry = next(i for i in assert_consistent(out)["images"] if i["rel_path"] == img["rel_path"])
     assert entry["cluster"] == ident and entry["reason"] is None
+
+
+# ---------------------------------------------------------------- a name reused (issue 18 item 4)
+
+
+def test_rename_to_a_taken_name_asks_instead_of_naming(client, out):
+    ids = [d["id"] for d in client.get("/api/state", headers=H).json()["identities"]]
+    assert client.post("/api/action", json={"op": "rename", "id": ids[0], "name": "Ann Lee"}, headers=H).status_code == 200
+    journal = (out / D.JOURNAL_NAME).read_bytes()
+    for taken in ("Ann Lee", " ann  lee ", "ANN LEE"):
+        r = client.post("/api/action", json={"op": "rename", "id": ids[1], "name": taken}, headers=H)
+        assert r.status_code == 409, taken
+        assert r.json()["conflict"] == {"id": ids[1], "name": taken.strip(), "other": ids[0]}
+        assert "already the name" in r.json()["error"]
+    assert (out / D.JOURNAL_NAME).read_bytes() == journal  # nothing was named
+    # the same name again on its own identity, and another name, are plain renames
+    assert client.post("/api/action", json={"op": "rename", "id": ids[0], "name": "Ann Lee"}, headers=H).status_code == 200
+    assert client.post("/api/action", json={"op": "rename", "id": ids[1], "name": "Anna Lee"}, headers=H).status_code == 200
+    # "same person": the page merges them into the named identity
+    r = client.post("/api/action", json={"op": "merge", "ids": [ids[0], ids[1]], "into": ids[0]}, headers=H)
+    assert r.status_code == 200
+    state = client.get("/api/state", headers=H).json()
+    assert [d["name"] for d in state["identities"] if d["id"] == ids[0]] == ["Ann Lee"]
+
+
+def test_a_shared_name_never_merges_two_identities_on_the_next_run(clustered, out, caplog):
+    """Two identities that carry one name without the user merging them (a journal written before
+    the page asked) stay two people on the next run; a confirmed merge stays one."""
+    root, inp, truth = clustered
+    store = ReviewStore(out)
+    person = by_truth(store, truth)
+    a, b, c, d = (person[p] for p in sorted(person)[:4])
+    store.act({"op": "rename", "id": a, "name": "Sam"})
+    D.append_entry(store.journal, {"op": "rename", "id": b, "name": "sam"} | store._stamp(len(store.all_entries)))
+    faces_a, faces_b = store.state.members(a), store.state.members(b)
+    store.act({"op": "rename", "id": c, "name": "Kim"})
+    store.act({"op": "merge", "ids": [c, d], "into": c})  # confirmed: one person
+    faces_cd = store.state.members(c)
+    del store
+    with caplog.at_level("WARNING"):
+        report = recluster(clustered, out, inp)
+    assert "both named 'sam'" in caplog.text.lower() and "kept apart" in caplog.text
+    label = {D.face_key(i["sha256"], fc["face_index"]): fc["cluster"] for i in report["images"] for fc in i["face_clusters"]}
+    (la,), (lb,) = {label[k] for k in faces_a}, {label[k] for k in faces_b}
+    assert la != lb and -1 not in (la, lb)
+    names = {c["cluster"]: c.get("name") for c in report["clusters"]}
+    assert {names[la].casefold(), names[lb].casefold()} == {"sam"}
+    assert len({label[k] for k in faces_cd}) == 1 and names[label[faces_cd[0]]] == "Kim"
+
+
+# ---------------------------------------------------------------- what an action did (issue 18 item 5)
+
+
+def test_actions_say_what_they_did_and_where_the_faces_went(client):
+    state = client.get("/api/state", headers=H).json()
+    ids = [d["id"] for d in state["identities"]]
+    folders = {d["id"]: d["folder"] for d in state["identities"]}
+    faces = [m["face"] for m in client.get(f"/api/identity/{ids[0]}", headers=H).json()["members"]]
+    r = client.post("/api/action", json={"op": "split", "faces": faces[:2]}, headers=H).json()
+    new = r["to"]
+    assert r["folder"] == client.get(f"/api/identity/{new}", headers=H).json()["identity"]["folder"]
+    assert r["message"] == f"split 2 faces off into {r['folder']}"
+    r = client.post("/api/action", json={"op": "move", "faces": faces[2:3], "to": ids[1]}, headers=H).json()
+    assert r["message"] == f"moved 1 face to {folders[ids[1]]}" and r["to"] == ids[1]
+    r = client.post("/api/action", json={"op": "rename", "id": ids[1], "name": "Bo"}, headers=H).json()
+    assert r["message"] == f"named {folders[ids[1]]} 'Bo'"
+    r = client.post("/api/action", json={"op": "merge", "ids": [ids[2], ids[3]], "into": ids[2]}, headers=H).json()
+    assert r["message"] == f"merged {folders[ids[3]]} into {folders[ids[2]]}"
+    r = client.post("/api/action", json={"op": "undo"}, headers=H).json()
+    assert r["message"] == f"undid: merged {folders[ids[3]]} into {folders[ids[2]]}"
+    r = client.post("/api/action", json={"op": "undo"}, headers=H).json()
+    assert r["message"] == f"undid: named {folders[ids[1]]} 'Bo'"
+    r = client.post("/api/action", json={"op": "redo"}, headers=H).json()
+    assert r["message"] == f"redid: named {folders[ids[1]]} 'Bo'"
+    r = client.post("/api/action", json={"op": "reject", "faces": faces[3:4]}, headers=H).json()
+    assert r["message"].startswith("took 1 face out of ") and r["message"].endswith("(not this person)")
+    assert client.get("/api/state", headers=H).json()["last"] == r["message"]
