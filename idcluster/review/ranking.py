@@ -64,7 +64,7 @@ class Ranking:
         vectors = vectors or {}
         self.keys = list(vectors)
         self.row = {k: i for i, k in enumerate(self.keys)}
-        self.X = np.stack(list(vectors.values())) if vectors else np.zeros((0, 1), np.float32)
+        self.X = np.stack(list(vectors.values())).astype(np.float64) if vectors else np.zeros((0, 1))
         self.threshold = recorded_threshold(report)
         self.probability: dict[str, float] = {}
         for img in report["images"]:
