@@ -659,3 +659,33 @@ def test_actions_say_what_they_did_and_where_the_faces_went(client):
     r = client.post("/api/action", json={"op": "reject", "faces": faces[3:4]}, headers=H).json()
     assert r["message"].startswith("took 1 face out of ") and r["message"].endswith("(not this person)")
     assert client.get("/api/state", headers=H).json()["last"] == r["message"]
+
+
+# ---------------------------------------------------------------- the first view first (issue 19 item 5)
+
+
+def test_first_view_needs_only_the_replayed_journal(out):
+    """What the CLI does: open without touching the folders, answer the first view from the replayed
+    journal (suggestions are their own request), then bring the folders in line with the journal."""
+    from idcluster.review.server import reconcile_after_first_view
+
+    store = ReviewStore(out)
+    ids = sorted(store.state.live_ids())
+    D.append_entry(store.journal, store._entry({"op": "merge", "ids": ids[:2]}))  # committed, never applied
+    del store
+    before = disk_state(out)
+    json_before = (out / JSON_NAME).read_bytes()
+    store = ReviewStore(out, reconcile=False)
+    web = create_app(store, token="secret-token")
+    with TestClient(web, base_url="http://127.0.0.1") as c:
+        state = c.get("/api/state", headers=H).json()
+        assert ids[1] not in [d["id"] for d in state["identities"]]  # the replayed journal: merged
+        assert "suggestions" not in state and web.state.first_view.is_set()
+        assert disk_state(out) == before and (out / JSON_NAME).read_bytes() == json_before  # nothing touched yet
+        assert isinstance(c.get("/api/suggestions", headers=H).json()["suggestions"], list)
+        reconcile_after_first_view(store, web, delay=0)
+        assert_consistent(out)
+        assert not any(name.startswith(f"identity_{ids[1]:03d}") for name in disk_state(out))
+        # an action before or after reconciling leaves folders, JSON and journal agreeing
+        assert c.post("/api/action", json={"op": "hide", "id": ids[0]}, headers=H).json()["ok"]
+        assert_consistent(out)
