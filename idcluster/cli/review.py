@@ -76,7 +76,9 @@ def review(
     if not _loopback(host):
         log.warning("--host %s: the review page is reachable from other machines (the token still guards it)", host)
     with output_lock(output_dir, "review"):  # one writer per output folder: cluster/export refuse meanwhile
-        store = ReviewStore(output_dir, run.review_decisions, reconcile=False)
+        # the run's face vectors are in the cache it recorded, unless cache_dir= says where they went
+        cache_dir = run.cache_dir if any(o.startswith("cache_dir=") for o in overrides) else None
+        store = ReviewStore(output_dir, run.review_decisions, cache_dir, reconcile=False)
         sock = _listen(host, port)
         port = sock.getsockname()[1]
         addresses = _addresses(host, port)

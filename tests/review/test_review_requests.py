@@ -224,3 +224,54 @@ def test_real_server_answers_only_the_printed_host(served):
     for other in (f"localhost:{port}", f"rebind.attacker.example:{port}", "127.0.0.1"):
         answer = raw(host, port, f"GET /api/state HTTP/1.1\r\nHost: {other}\r\nX-Review-Token: {token}\r\n\r\n".encode())
         assert answer.startswith(b"HTTP/1.1 421"), other
+
+
+def test_cache_dir_points_the_review_at_a_moved_cache(clustered, tmp_path):  # noqa: F811
+    """The run's cache moved: the review warns and orders faces by probability; `cache_dir=` where it
+    went brings back the distances on the clusterer's scale (a real `idcluster review` process)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(clustered[0] / "out", out)
+    report = json.loads((out / "identity_clustering.json").read_text())
+    moved = tmp_path / "moved_cache"
+    shutil.copytree(report["config"]["cache_dir"], moved)
+    report["config"]["cache_dir"] = str(tmp_path / "gone")  # where the run put it: no longer there
+    (out / "identity_clustering.json").write_text(json.dumps(report))
+    ident = sorted(ReviewStore(out, reconcile=False).state.live_ids())[0]
+    want = {k: round(v, 3) for k, v in ReviewStore(out, cache_dir=moved, reconcile=False).member_distances(ident).items()}
+    exe = Path(sys.executable).with_name("idcluster")
+    seen = {}
+    for case, extra in (("missing", []), ("pointed", [f"cache_dir={moved}"])):
+        proc = subprocess.Popen([str(exe), "review", str(out), "--no-browser", *extra], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("open http"):
+                    break
+            url = urllib.parse.urlsplit(lines[-1].split()[1])
+            token = urllib.parse.parse_qs(url.query)["token"][0]
+            members = json.loads(get(url, token, f"/api/identity/{ident}"))["members"]
+            seen[case] = "".join(lines), {m["face"]: m["distance"] for m in members}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    log, got = seen["missing"]
+    assert "face vectors of this run are not in the cache" in log and got != want
+    log, got = seen["pointed"]
+    assert "not in the cache" not in log and got == want and len(want) >= 3
+
+
+def get(url, token: str, path: str) -> bytes:
+    """The body of GET path from the review server at url."""
+    with socket.create_connection((url.hostname, url.port), timeout=20) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nX-Review-Token: {token}\r\n"
+                  f"Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
