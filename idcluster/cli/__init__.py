@@ -1,4 +1,8 @@
-"""The `idcluster` command: one module per subcommand, Hydra overrides as arguments."""
+"""The `idcluster` command: one module per subcommand, Hydra overrides as arguments.
+
+Each subcommand imports its workflow inside the command, so `idcluster --help` and
+`idcluster review` start without loading the pipeline (scikit-learn, SciPy, models).
+"""
 
 from __future__ import annotations
 

@@ -2,8 +2,6 @@ from typing import Optional
 
 import typer
 
-from ..workflows import cluster as app
-from ..experiments.sweep import run_sweep
 from .common import Overrides, Quiet, handle_errors, load, out
 from .sweep import sweep_overrides
 
@@ -15,6 +13,9 @@ def cluster(
     quiet: bool = Quiet,
 ) -> None:
     """Run the whole pipeline (cached stages are reused) and export one folder per identity."""
+    from ..experiments.sweep import run_sweep
+    from ..workflows import cluster as app
+
     if multirun:
         defaults, base, swept, metric, name = sweep_overrides(list(overrides or []))
         run_sweep(base, swept, out, name=name, metric=metric, progress=not quiet, defaults=defaults)
@@ -29,4 +30,6 @@ def run(
     quiet: bool = Quiet,
 ) -> None:
     """Run a named experiment of idcluster.toml (same as: cluster +experiment=NAME)."""
+    from ..workflows import cluster as app
+
     app.cluster(load(overrides, f"+experiment={name}"), out, progress=not quiet)

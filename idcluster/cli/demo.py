@@ -4,9 +4,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..workflows import cluster as app
-from ..experiments.demo_data import build_demo_set
-from ..experiments.metrics import score
 from .common import Overrides, Quiet, handle_errors, load, out
 
 
@@ -17,6 +14,10 @@ def demo(
     quiet: bool = Quiet,
 ) -> None:
     """Build a labelled instance folder from photos shipped in installed packages, cluster it, score it."""
+    from ..experiments.demo_data import build_demo_set
+    from ..experiments.metrics import score
+    from ..workflows import cluster as app
+
     # Six identities with 8 images each: clusters of 3+ are real identities here.
     base = [f"output_dir={folder / 'output'}", "clusterer.min_cluster_size=3", "export.overwrite=true"]
     probe = load(overrides, "input_dir=unused")

@@ -1,13 +1,13 @@
 from typing import Optional
 
-from ..workflows.cluster import run_stage
-from ..export.report import statistics
 from .common import Overrides, Quiet, handle_errors, load, out
 
 
 @handle_errors
 def detect(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
     """Detect faces in every image of input_dir and cache them (nothing is exported)."""
+    from ..workflows.cluster import run_stage
+    from ..export.report import statistics
     run = load(overrides)
     result = run_stage(run, "detect", progress=not quiet)
     s = statistics(result)

@@ -2,9 +2,6 @@ from typing import Optional
 
 from rich.table import Table
 
-from ..workflows import cluster as app
-from ..export.locking import output_lock
-from ..export.report import read_report
 from .common import Overrides, Quiet, handle_errors, load, out
 
 
@@ -12,6 +9,10 @@ from .common import Overrides, Quiet, handle_errors, load, out
 def export(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
     """Re-materialise the folders from the cached clustering (export.format=folders), or write a
     training set from output_dir's identity_clustering.json (export.format=kohya). Computes no clustering."""
+    from ..export.locking import output_lock
+    from ..export.report import read_report
+    from ..workflows import cluster as app
+
     run = load(overrides, require_input=False)
     exporter = run.component("export")
     if not exporter.reads_report:

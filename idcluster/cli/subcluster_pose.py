@@ -2,9 +2,6 @@ from typing import Optional
 
 from rich.table import Table
 
-from ..experiments import tracking
-from ..pose.views import subcluster_pose as split
-from ..pose.views import view_order
 from .common import Overrides, Quiet, handle_errors, load, out
 
 IDENTITY = "identity="
@@ -13,6 +10,10 @@ IDENTITY = "identity="
 @handle_errors
 def subcluster_pose(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
     """Split identities of output_dir by head pose into <identity>/<view>/ folders (identity=NAME for one)."""
+    from ..experiments import tracking
+    from ..pose.views import subcluster_pose as split
+    from ..pose.views import view_order
+
     args = list(overrides or [])
     # identity= picks what to split; it is not a config key (nothing else reads it).
     identity = next((a[len(IDENTITY):] for a in args if a.startswith(IDENTITY)), None)

@@ -4,7 +4,6 @@ import typer
 
 from ..errors import ConfigError
 from ..config.project import resolve
-from ..experiments.sweep import run_sweep
 from .common import Overrides, Quiet, handle_errors, out, project
 
 
@@ -47,5 +46,7 @@ def sweep(
     quiet: bool = Quiet,
 ) -> None:
     """Run a grid of configs over the cached detections/embeddings: key=a,b,c range() choice() glob(), or a TOML sweep name."""
+    from ..experiments.sweep import run_sweep
+
     defaults, base, swept, toml_metric, name = sweep_overrides(list(overrides or []))
     run_sweep(base, swept, out, name=name, metric=metric or toml_metric, progress=not quiet, defaults=defaults)

@@ -8,7 +8,7 @@ similar, so centre similarity alone separates nothing; distances between faces,
 against `t`, do.
 
 - Representatives (overview cards): the members most similar to the identity's
-  centre (clustering.base.similarity_to_centre, one pass over every face).
+  centre (clustering.centres.similarity_to_centre, one pass over every face).
 - Member distance (identity page, "doubtful first"): a face's mean distance to the
   identity's core, / t. The core is the largest group left when the identity's
   members are clustered again at t by average linkage (the default clusterer's
@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..clustering.base import centres, similarity_to_centre
-from ..clustering.clusterers import average_linkage
+from ..clustering.centres import centres, similarity_to_centre
 from ..evidence import decisions as D
 from ..export.face_vectors import load_face_vectors
 
@@ -121,6 +120,9 @@ class Ranking:
         return out
 
     def _core_distances(self, members: list[str]) -> dict[str, float | None]:
+        # imported here: scikit-learn is not needed (nor loaded) for the page's first view
+        from ..clustering.clusterers import average_linkage
+
         t = self.threshold
         have = [k for k in members if k in self.row]
         X = self.X[[self.row[k] for k in have]].astype(np.float64)

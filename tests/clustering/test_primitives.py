@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from idcluster.clustering.base import (ParameterError, centre, centres, keep_compatible, relabel_by_size, separate,
-                                       similarity_to_centre)
+from idcluster.clustering.base import ParameterError, keep_compatible, relabel_by_size, separate
+from idcluster.clustering.centres import centre, centres, similarity_to_centre
 from idcluster.clustering.constraints import Constraints, cannot_link_map
 from idcluster.clustering.vote import neighbour_vote, tally
 from idcluster.errors import ConfigError
