@@ -21,7 +21,7 @@ from ..errors import ConfigError, InputError
 from ..evidence import decisions as journal
 from ..evidence.seeds import Seeds
 from ..evidence.video_links import VideoLinks
-from ..experiments import tracking
+from ..experiments import mlflow_link, tracking
 from ..experiments.evaluation import check_labels, evaluate, ground_truth
 from ..experiments.metrics import label_free
 from ..export.face_vectors import save_face_vectors
@@ -187,8 +187,11 @@ def track(run: RunSettings, report: dict, result: pipeline.Result, console: Cons
     if handed:
         report["mlflow"] = handed
         uri = handed["tracking_uri"]
-        console.print(f"MLflow: this run appears in {uri} within seconds, logged in the background "
-                      f"(compare: mlflow ui --backend-store-uri {uri})")
+        console.print(f"MLflow: this run appears in {uri} within seconds, logged in the background")
+        # The direct link (a fresh UI opens the experiment on its GenAI overview, not the runs table); a new
+        # experiment's id exists once the logger created it, so only an experiment's first run waits for it.
+        experiment = run.tracking.experiment
+        console.print(mlflow_link.runs_line(uri, experiment, mlflow_link.wait_for_id(uri, experiment)))
 
 
 # ---------------------------------------------------------------- helpers
