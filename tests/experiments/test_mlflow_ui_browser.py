@@ -103,10 +103,11 @@ def test_the_printed_link_opens_the_runs_table_in_a_fresh_browser(small_set, tmp
     base = mlflow_ui(served)  # the printed command, on a free port instead of 5000 (shared machines)
     assert mlflow_link.experiment_id(base, "idcluster") == exp_id  # the server's own answer, over REST
     browser.get(f"{base}/{fragment}")
-    WebDriverWait(browser, 90).until(lambda d: "1 matching run" in d.find_element(By.TAG_NAME, "body").text)
+    # The table fills in after its footer: wait for the run's row (the run is named after its folder).
+    [row] = WebDriverWait(browser, 90).until(lambda d: d.find_elements(By.LINK_TEXT, folder.name))
     body = browser.find_element(By.TAG_NAME, "body").text
+    assert row.is_displayed() and "1 matching run" in body
     assert "Training runs" in body and "Token Usage" not in body  # the runs table, not the GenAI overview
-    assert browser.find_element(By.LINK_TEXT, folder.name).is_displayed()  # the run, named after its folder
     shots = Path(os.environ.get("IDCLUSTER_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(shots / "mlflow_runs.png"))
