@@ -1,14 +1,28 @@
+from pathlib import Path
 from typing import Optional
 
+import typer
 from rich.table import Table
 
 from .common import Overrides, Quiet, handle_errors, load, out
 
 
 @handle_errors
-def export(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
+def export(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet,
+           retarget: Optional[Path] = typer.Option(None, "--retarget", metavar="FOLDER", help=(
+               "A kohya training set was moved to FOLDER: rewrite its dataset_config.toml for that place "
+               "(nothing else is read or written)."))) -> None:
     """Re-materialise the folders from the cached clustering (export.format=folders), or write a
     training set from output_dir's identity_clustering.json (export.format=kohya). Computes no clustering."""
+    if retarget is not None:
+        from ..export.kohya import retarget as move
+
+        done = move(retarget)
+        out.print(f"{done['dest']}: dataset_config.toml now points here (was {done['was']})" if done["dataset_config"]
+                  else f"{done['dest']}: no dataset_config.toml to rewrite")
+        out.print(f"sd-scripts: {'--dataset_config ' + str(done['dataset_config']) + '   or: ' if done['dataset_config'] else ''}"
+                  f"{done['flags']}")
+        return
     from ..export.locking import output_lock
     from ..export.report import read_report
     from ..workflows import cluster as app
@@ -30,4 +44,4 @@ def export(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> N
     for folder, n in result["folders"].items():
         table.add_row(folder, str(n), str(result["repeats"][folder]))
     out.print(table)
-    out.print(f"wrote {result['files']} image/caption pairs and manifest.csv to {result['dest']}")
+    out.print(exporter.summary(result))

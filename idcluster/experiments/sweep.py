@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..pipeline import stages as pipeline
-from . import tracking
+from . import mlflow_link, tracking
 from ..workflows.cluster import make_spec, run_metrics
 from ..cache.store import cache_key
 from ..config.compose import GROUPS, group_options, load_config
@@ -148,7 +148,7 @@ def run_sweep(base: list[str], sweep_overrides: list[str], console: Console, nam
     console.print(f"best ({metric} = {best.get(metric, float('nan')):.4f}): {command}")
     console.print(f"{len(rows)} points in {total:.1f}s; table and plot in {out_dir}")
     if tracker and tracker.ok:
-        console.print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
+        console.print(mlflow_link.runs_line(tracker.uri, tracker.experiment, tracker.experiment_id))
     return {"rows": ranked, "best": best, "command": command, "metric": metric, "out_dir": str(out_dir), "seconds": total}
 
 

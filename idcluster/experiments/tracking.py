@@ -64,6 +64,7 @@ class Tracker:
         self.uri = uri or default_uri()
         self.experiment = experiment
         self.ok = True
+        self.experiment_id: str | None = None
         try:
             import mlflow
 
@@ -72,6 +73,7 @@ class Tracker:
             self.mlflow = mlflow
             mlflow.set_tracking_uri(self.uri)
             exp = mlflow.set_experiment(experiment)
+            self.experiment_id = exp.experiment_id
             if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
                 mlflow.MlflowClient(self.uri).set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except Exception as e:  # noqa: BLE001 - tracking must never cost the clustering output

@@ -1,9 +1,11 @@
-"""export=folders (the default): a clustering as folders, identity_NNN/ (largest first), noise/, faces/.
+"""export=folders (the default): a clustering as folders, identity_NNN/, noise/, faces/.
 
 Input files are copied, hard-linked or symlinked, never moved or deleted. An
-existing export is replaced only with export.overwrite=true, and then only the
-folders and file this module writes are removed. Names, linking and the JSON
-come from export.report, the one reader/writer of an output folder.
+earlier export in output_dir is replaced without asking when idcluster wrote it
+(its marker, export.report.MARKER_NAME) and its folders hold only files idcluster
+put there; otherwise only with export.overwrite=true. Either way only the
+folders and file this module writes are removed. Names, numbers, linking and the
+JSON come from export.report, the one reader/writer of an output folder.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from ..errors import InputError
 from ..inputs.images import ImageDecodeError, load_image
 from ..progress import stage_bar
 from ..records import ImageRecord
-from .report import FACES, IDENTITY_DIR, JSON_NAME, NOISE, Linker, flat_name, identity_names, read_report, record_folders
+from .report import (FACES, IDENTITY_DIR, JSON_NAME, MARKER_NAME, NOISE, Linker, flat_name, foreign_files, has_marker,
+                     identity_folders, read_report, record_folders, record_labels)
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +54,20 @@ class FoldersExport:
         return f"wrote {self.format} output to {done.get('dest')}"
 
 
-def _named_folders(output_dir: Path) -> set[str]:
-    """Folders of named identities (identity_NNN_<name>) that the earlier export's JSON lists
-    (none when that JSON is unreadable: then only unnamed ones are known to be ours)."""
+def _earlier_report(output_dir: Path) -> dict | None:
     try:
-        report = read_report(output_dir)
+        return read_report(output_dir)
     except InputError:
-        return set()
-    return {c["identity"] for c in report["clusters"] if isinstance(c, dict) and isinstance(c.get("identity"), str)}
+        return None
 
 
-def _managed(output_dir: Path) -> list[Path]:
+def _managed(output_dir: Path, report: dict | None) -> list[Path]:
     """What an export wrote here: identity_NNN/, noise/, faces/, the JSON, and identity_NNN_<name>/
-    only where the JSON names it (a user's own `identity_000_poses/` is not ours to replace)."""
+    only where the earlier JSON names it (a user's own `identity_000_poses/` is not ours to replace)."""
     if not output_dir.is_dir():
         return []
-    named = _named_folders(output_dir)
+    named = {c["identity"] for c in (report or {}).get("clusters", [])
+             if isinstance(c, dict) and isinstance(c.get("identity"), str)}
     found = [p for p in output_dir.iterdir() if p.is_dir() and (p.name in (NOISE, FACES) or _ours(p.name, named))]
     if (output_dir / JSON_NAME).exists():
         found.append(output_dir / JSON_NAME)
@@ -79,22 +80,33 @@ def _ours(folder: str, named: set[str]) -> bool:
 
 
 def prepare_output(output_dir: Path, input_dir: Path, overwrite: bool, check_only: bool = False) -> None:
-    """Refuse to clobber an earlier export unless asked; never touch the input.
+    """Make room for a new export; never touch the input.
 
-    check_only validates without removing anything (run it before the long
-    stages, remove the old export only once the new one is ready to write).
+    An earlier export that idcluster marked as its own is replaced without asking, unless its
+    folders hold files idcluster did not write (then, as for an unmarked export, only with
+    overwrite). check_only validates without removing anything (run it before the long stages,
+    remove the old export only once the new one is ready to write).
     """
     output_dir, input_dir = output_dir.resolve(), input_dir.resolve()
     if output_dir == input_dir:
         raise InputError("output_dir must be a different folder from input_dir")
-    old = _managed(output_dir)
+    report = _earlier_report(output_dir)
+    old = _managed(output_dir, report)
     if not old:
         return
-    if not overwrite:
-        raise InputError(f"output_dir already holds an export ({output_dir / JSON_NAME}); add export.overwrite=true to replace it")
     for p in old:
         if p.is_dir() and (input_dir == p.resolve() or p.resolve() in input_dir.parents):
             raise InputError(f"refusing to replace {p}: it contains input_dir")
+    if not overwrite:
+        if not has_marker(output_dir):
+            raise InputError(f"output_dir already holds an export that idcluster did not mark as its own "
+                             f"(no {output_dir / MARKER_NAME}: {output_dir / JSON_NAME}); "
+                             "add export.overwrite=true to replace it")
+        foreign = foreign_files([p for p in old if p.is_dir()], report)
+        if foreign:
+            raise InputError(f"output_dir holds {len(foreign)} file(s) idcluster did not write in the folders a re-run "
+                             f"replaces (e.g. {output_dir / foreign[0]}): move them out, or add export.overwrite=true "
+                             "to replace those folders anyway")
     if check_only:
         return
     for p in old:
@@ -116,10 +128,9 @@ def export(
     are derived from labels, so this is a pure view of the clustering.
     """
     link = Linker(mode)
-    n_clusters = max((r.label for r in records), default=-1) + 1
-    names = identity_names(n_clusters, meta)
+    names = identity_folders(record_labels(records), {i: m.get("name") for i, m in (meta or {}).items()})
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in names + [NOISE]:
+    for name in [*names.values(), NOISE]:
         (output_dir / name).mkdir(exist_ok=True)
     sizes: Counter = Counter()
     with stage_bar("export", len(records), progress) as bar:
@@ -136,7 +147,7 @@ def export(
     return dict(sizes)
 
 
-def _save_faces(rec: ImageRecord, aligner, root: Path, names: list[str]) -> None:
+def _save_faces(rec: ImageRecord, aligner, root: Path, names: dict[int, str]) -> None:
     try:
         image = load_image(rec.path)
     except ImageDecodeError:

@@ -9,7 +9,12 @@ review) goes through here:
 - the layout: identity folder names (`identity_NNN`, `identity_NNN_<name>` once named;
   one sanitizer, `folder_name`, for every folder named after a user's name), the
   folders an image goes to, file names (`flat_name`) and placing files (`Linker`:
-  copy, hard link or symlink; inputs are never moved).
+  copy, hard link or symlink; inputs are never moved);
+- identity numbers that hold across runs (`stable_numbers`: a re-run keeps the number of the
+  previous output's identity whose members it shares; new identities take numbers never used
+  in that folder, `NEXT_NUMBER`);
+- the folder's marker (`MARKER_NAME`: idcluster wrote this output) and the files a re-run may
+  replace without asking (`foreign_files`: anything else inside those folders stops it).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ FORMAT_VERSION = 1
 NOISE, FACES = "noise", "faces"
 MODES = ("copy", "hardlink", "symlink")
 IDENTITY_DIR = re.compile(r"^identity_(\d{3,})(_.*)?$")  # identity_NNN, identity_NNN_<name>
+NEXT_NUMBER = "next_identity"  # report key: the number the next new identity of this folder takes
+MARKER_NAME = ".idcluster_output.json"  # "idcluster wrote this folder": re-runs replace its export without asking
+# Files an OS drops into folders a user browsed; a re-run may remove them with the folder.
+OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 MAX_NAME = 60  # characters of a user's name in a folder name: 60 x 4 UTF-8 bytes + prefix < 255 bytes
 _UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')  # what no OS allows in a folder name, path separators included
 _EDGES = re.compile(r"^[\s.]+|[\s.]+$")  # Windows drops trailing dots and spaces; leading ones hide folders
@@ -95,7 +104,7 @@ def _json_default(o):
 def statistics(result) -> dict:
     recs = result.records
     reasons = Counter(r.reason for r in recs if r.reason and r.label < 0)
-    n_clusters = max((r.label for r in recs), default=-1) + 1
+    n_clusters = len(record_labels(recs))
     return {
         "images": len(recs),
         "images_with_face": sum(1 for r in recs if r.face_index is not None),
@@ -142,12 +151,14 @@ def image_entry(r: ImageRecord, names: list[str] | dict[int, str]) -> dict:
 
 
 def build_report(result, config: dict, models: dict, input_dir, output_dir,
-                 meta: dict[int, dict] | None = None) -> dict:
-    """The JSON of a clustering (`result`: pipeline.stages.Result). `meta`: cluster -> {"name",
-    "hidden", "reviewed"} carried over from review decisions."""
+                 meta: dict[int, dict] | None = None, next_number_after: int = 0) -> dict:
+    """The JSON of a clustering (`result`: pipeline.stages.Result; its labels are identity numbers,
+    see stable_numbers). `meta`: cluster -> {"name", "hidden", "reviewed"} carried over from review
+    decisions; next_number_after: the folder's next new number before this run (never reused)."""
     stats = statistics(result)
     meta = meta or {}
-    names = identity_names(stats["identities"], meta)
+    labels = record_labels(result.records)
+    names = identity_folders(labels, {i: m.get("name") for i, m in meta.items()})
     report = {
         "format_version": FORMAT_VERSION,
         "idcluster_version": __version__,
@@ -159,12 +170,13 @@ def build_report(result, config: dict, models: dict, input_dir, output_dir,
         "cache_keys": result.keys,
         # The estimator that partitioned the faces (the configured one, or its large-set stand-in).
         "clusterer_ran": result.clusterer_ran,
-        "clusters": [{"identity": name, "cluster": i, "size": 0, "images": [], **review_fields(meta.get(i))}
-                     for i, name in enumerate(names)],
+        "clusters": [{"identity": names[i], "cluster": i, "size": 0, "images": [], **review_fields(meta.get(i))}
+                     for i in labels],
         "noise": {},
         "statistics": stats,
         "images": [image_entry(r, names) for r in result.records],
     }
+    report[NEXT_NUMBER] = max(next_number_after, max(labels, default=-1) + 1)
     return regroup(report)
 
 
@@ -244,6 +256,16 @@ def identity_names(n_clusters: int, meta: dict[int, dict] | None = None) -> list
     return [folders[i] for i in range(n_clusters)]
 
 
+def record_labels(records: Iterable[ImageRecord]) -> list[int]:
+    """The identities (cluster labels >= 0) the records are placed in, sorted."""
+    found = set()
+    for r in records:
+        if r.label >= 0:
+            found.add(r.label)
+        found.update(c for c in r.face_labels.values() if c >= 0)
+    return sorted(found)
+
+
 def identity_number(folder: str) -> int | None:
     """The cluster number of an identity folder (named or not); None for any other folder."""
     m = IDENTITY_DIR.match(folder)
@@ -274,6 +296,151 @@ def entry_folders(img: dict, names: dict[int, str]) -> list[str]:
 
 def output_path(rec: ImageRecord, names: list[str] | dict[int, str]) -> str:
     return f"{record_folders(rec, names)[0]}/{flat_name(rec.rel_path)}"
+
+
+# ---------------------------------------------------------------- stable identity numbers
+
+
+def content_key(sha256: str, face_index: int | None) -> str:
+    """A membership by content: `<sha256>:<face index>`, `<sha256>:image` for an image placed without
+    a clustered face (appearance, seeds, tracks). Review decisions use the same face keys."""
+    return f"{sha256}:{'image' if face_index is None else face_index}"
+
+
+def report_memberships(report: dict) -> dict[str, int]:
+    """Content key -> identity number of every membership in an output's JSON."""
+    out: dict[str, int] = {}
+    for img in report.get("images") or []:
+        sha = img.get("sha256")
+        if not sha:
+            continue
+        faces = {int(fc["face_index"]): int(fc["cluster"]) for fc in img.get("face_clusters") or []
+                 if fc.get("face_index") is not None}
+        for k, c in faces.items():
+            if c >= 0:
+                out[content_key(sha, k)] = c
+        cluster = int(img.get("cluster", -1))
+        if cluster >= 0 and cluster not in faces.values():
+            out[content_key(sha, None)] = cluster
+    return out
+
+
+def record_memberships(records: Iterable[ImageRecord]) -> dict[str, int]:
+    """Content key -> cluster label of every membership of a clustering (the same keys as report_memberships)."""
+    out: dict[str, int] = {}
+    for r in records:
+        if not r.sha256:
+            continue
+        for k, c in r.face_labels.items():
+            if c >= 0:
+                out[content_key(r.sha256, k)] = c
+        if r.label >= 0 and r.label not in r.face_labels.values():
+            out[content_key(r.sha256, None)] = r.label
+    return out
+
+
+def next_number(report: dict | None) -> int:
+    """The number a new identity of this output takes: past every number it has used."""
+    if not report:
+        return 0
+    used = [int(c["cluster"]) for c in report.get("clusters") or [] if isinstance(c, dict) and "cluster" in c]
+    return max([int(report.get(NEXT_NUMBER) or 0), *(n + 1 for n in used)])
+
+
+def stable_numbers(previous: dict | None, records: list[ImageRecord]) -> tuple[dict[int, int], int]:
+    """Cluster label -> identity number for this clustering, and the folder's next number before it.
+
+    A cluster keeps the number of the previous output's identity it shares the most members
+    (content keys) with, one to one, largest overlaps first: a re-run, added images, another
+    clusterer or a review in between leave each person's number (and so `export.names`, notes and
+    scripts) where it was. Clusters sharing nobody with a still unmatched identity take new
+    numbers, past every number the folder used (a retired number never comes back as someone
+    else), in label order (largest first). No previous output, or one sharing no member:
+    numbers are the labels.
+    """
+    labels = record_labels(records)
+    if not previous:
+        return {c: c for c in labels}, 0
+    before = report_memberships(previous)
+    overlap = Counter((label, before[key]) for key, label in record_memberships(records).items() if key in before)
+    if not overlap:
+        return {c: c for c in labels}, 0
+    numbers: dict[int, int] = {}
+    taken: set[int] = set()
+    for (label, number), _ in sorted(overlap.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
+        if label not in numbers and number not in taken:
+            numbers[label] = number
+            taken.add(number)
+    start = nxt = next_number(previous)
+    for label in labels:
+        if label not in numbers:
+            numbers[label], nxt = nxt, nxt + 1
+    return numbers, start
+
+
+def renumber(records: list[ImageRecord], numbers: dict[int, int]) -> None:
+    """Give every record's identity (its chosen face's and each face's) its number, in place."""
+    for r in records:
+        if r.label >= 0:
+            r.label = numbers[r.label]
+        r.face_labels = {k: (numbers[c] if c >= 0 else c) for k, c in r.face_labels.items()}
+
+
+# ---------------------------------------------------------------- the marker and what a re-run may replace
+
+
+def write_marker(output_dir: str | Path) -> Path:
+    """Mark output_dir as written by idcluster (a later run replaces its export without asking)."""
+    path = Path(output_dir) / MARKER_NAME
+    tmp = path.with_name(f".tmp-{MARKER_NAME}")
+    tmp.write_text(json.dumps({"written_by": "idcluster", "idcluster_version": __version__,
+                               "note": "idcluster's output folder: a re-run replaces identity_*/, noise/, faces/ "
+                                       f"and {JSON_NAME}, and stops if they hold files idcluster did not write"},
+                              indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def has_marker(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / MARKER_NAME).is_file()
+
+
+def owned_names(report: dict) -> tuple[set[str], set[str]]:
+    """File names idcluster puts in identity/noise folders (and their view folders), and in faces/<folder>/."""
+    files, crops = set(), set()
+    for img in report.get("images") or []:
+        rel = img.get("rel_path")
+        if not isinstance(rel, str):
+            continue
+        name = flat_name(rel)
+        files.add(name)
+        if isinstance(img.get("output"), str):
+            files.add(Path(img["output"]).name)  # `add` renames a same-named newcomer: name__<sha8>.ext
+        if img.get("sha256"):
+            files.add(f"{Path(name).stem}__{img['sha256'][:8]}{Path(name).suffix}")
+        stem = Path(name).stem
+        crops.add(f"{stem}.png")
+        crops.update(f"{stem}_face{fc['face_index']}.png" for fc in img.get("face_clusters") or [] if "face_index" in fc)
+    return files, crops
+
+
+def foreign_files(folders: Iterable[Path], report: dict | None) -> list[str]:
+    """Files inside `folders` (an earlier export's identity_*/, noise/, faces/) that no idcluster
+    command put there: what a re-run must not delete without being told (paths relative to the
+    output folder). Without a readable report nothing can be vouched for."""
+    files, crops = owned_names(report) if report else (set(), set())
+    found = []
+    for folder in folders:
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        names = crops if folder.name == FACES else files
+        for p in sorted(folder.rglob("*")):
+            if p.is_dir() and not p.is_symlink():
+                continue
+            if p.name in names or p.name in OS_LITTER or p.name.startswith(".tmp-"):
+                continue
+            found.append(str(p.relative_to(folder.parent)))
+    return found
 
 
 # ---------------------------------------------------------------- placing files

@@ -8,6 +8,7 @@ review included) and writes through idcluster.export.kohya.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
@@ -28,7 +29,8 @@ class KohyaExport(FoldersExport):
                  names: dict | None = None, dest: str | None = None, caption_prefix: str | None = "",
                  target_size: int | None = None, upscale: bool = True, square: str = "none", background: str = "keep",
                  repeats: int = 10, max_repeats: int = 100, max_per_view: int | None = None,
-                 dataset_config: bool = False):
+                 dataset_config: bool = False, caption_extension: str = ".txt", class_word: str | None = None,
+                 reg_images: str | None = None):
         super().__init__(format, mode, save_faces, overwrite, names)
         self.dest = Path(dest).expanduser() if dest else None
         try:
@@ -36,7 +38,9 @@ class KohyaExport(FoldersExport):
                 sizing=Sizing(target_size, bool(upscale), str(square), str(background)),
                 caption_prefix=str(caption_prefix or ""), repeats=repeats, max_repeats=max_repeats,
                 max_per_view=max_per_view, dataset_config=bool(dataset_config), mode=self.mode,
-                overwrite=self.overwrite)
+                overwrite=self.overwrite, caption_extension=str(caption_extension),
+                class_word=None if class_word is None else str(class_word),
+                reg_images=Path(str(reg_images)).expanduser() if reg_images else None)
         except TypeError as err:
             raise ConfigError(f"bad export config: {err}") from None
 
@@ -67,4 +71,10 @@ class KohyaExport(FoldersExport):
         return export_kohya(ids, views, dest, self.settings, protected, centres, pose.bins)
 
     def summary(self, done: dict) -> str:
-        return f"wrote a {self.format} training set ({done['files']} images) to {done['dest']}"
+        """What was written, and how sd-scripts reads it (its default caption extension is .caption)."""
+        lines = [f"wrote a {self.format} training set ({done['files']} images) to {done['dest']}"]
+        if done.get("dataset_config"):
+            lines.append(f"sd-scripts: --dataset_config {shlex.quote(str(done['dataset_config']))}   or: {done['flags']}")
+        else:
+            lines.append(f"sd-scripts: {done['flags']}")
+        return "\n".join(lines)

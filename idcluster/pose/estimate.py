@@ -1,10 +1,20 @@
 """Head pose (yaw, pitch, roll) per face and the views they fall into.
 
 Angles come from landmarks fitted to a generic 3-D face with cv2.solvePnP:
-dlib's 68-point predictor inside the detector's box, or the detector's own 5
-points where the 68-point fit fails. This is the classic recipe; it is coarse
-(about 15-23 degrees mean yaw error on AFLW2000, learned models reach ~4), so
-it serves view bins, not fine angles.
+dlib's 68-point predictor, or the detector's own 5 points where the 68-point
+fit fails. This is the classic recipe; it is coarse (about 15-23 degrees mean
+yaw error on AFLW2000, learned models reach ~4), so it serves view bins, not
+fine angles.
+
+Mirror-consistent: dlib's regression trees are neither smooth in the box they
+start from nor symmetric, so on ~60 px faces 1-2 px of box jitter moved yaw by
+10-20 degrees (a face and its mirror image: +19.9 and +18.6). The 68-point
+estimate is therefore the mean over a fixed set of start boxes (3 scales x 3x3
+shifts around a box placed from the detector's eyes and mouth, as dlib's own
+detector would place it) on the face AND on its mirror image (mirrored yaw and
+roll negated): the face and its mirror get exactly opposite angles for the same
+detection, and LFW's mirrored pairs, each detected on its own, sum within 5
+degrees (scripts/bench_pose.py).
 
 Conventions (degrees, in the image as seen):
 - yaw > 0: the face turns towards the character's own left (the nose moves to
@@ -66,6 +76,13 @@ MODEL_5 = np.array([
 ])
 # 68-point landmarks of the same 5 points, to check the fit against the detector.
 EYE_L68, EYE_R68 = range(36, 42), range(42, 48)
+MOUTH_CORNERS_68 = (48, 54)
+# Start boxes of the 68-point fit: dlib's predictor was trained on its HOG detector's boxes, which
+# on LFW sit centred between the eye midpoint and the mouth centre with a side 2.3x their distance
+# (median of 145 faces); the fit is averaged over these scales x shifts (fractions of the side).
+BOX_SIDE_PER_EYE_MOUTH = 2.3
+BOX_SCALES = (0.9, 1.0, 1.1)
+BOX_SHIFTS = (-0.04, 0.0, 0.04)
 
 
 @dataclass(frozen=True)
@@ -121,11 +138,28 @@ def solve(points_2d: np.ndarray, model: np.ndarray, shape: tuple[int, int], size
     return (*angles(rvec), err)
 
 
-class PoseEstimator:
-    """dlib 68-point landmarks + PnP, falling back to the detector's 5 points.
+def mirror_face(face: Face, width: int) -> Face:
+    """The same detection in the image flipped left-right (box and points mirrored, left/right swapped)."""
+    x1, y1, x2, y2 = face.box
+    pts = [(width - x, y) for x, y in face.landmarks]
+    if len(pts) == 5:  # eyes, nose, mouth corners: image left first again
+        pts = [pts[1], pts[0], pts[2], pts[4], pts[3]]
+    return Face((width - x2, y1, width - x1, y2), tuple(pts), face.score, face.detector)
 
-    max_error: the 68-point fit is rejected (fallback to 5 points) when its
-    mean reprojection error, or its distance from the detector's 5 points,
+
+def start_boxes(five: np.ndarray) -> list[tuple[float, float, float]]:
+    """(centre x, centre y, side) of each start box of the 68-point fit, from the detector's 5 points."""
+    eyes, mouth = five[:2].mean(axis=0), five[3:5].mean(axis=0)
+    cx, cy = (eyes + mouth) / 2
+    side = BOX_SIDE_PER_EYE_MOUTH * max(float(np.hypot(*(mouth - eyes))), 1.0)
+    return [(cx + dx * side, cy + dy * side, side * s) for s in BOX_SCALES for dx in BOX_SHIFTS for dy in BOX_SHIFTS]
+
+
+class PoseEstimator:
+    """dlib 68-point landmarks + PnP (mirror-consistent, see the module doc), falling back to the detector's 5 points.
+
+    max_error: the 68-point fit is rejected (fallback to 5 points) when its median
+    reprojection error, or its median distance from the detector's 5 points,
     exceeds this fraction of the face size.
     """
 
@@ -150,7 +184,8 @@ class PoseEstimator:
     def model_id(self) -> str:
         if self.landmarks == FIVE_POINT:
             return "five_point-pnp-v1"
-        return f"dlib68-pnp-v1:{file_sha256(self._path())[:16]}"
+        # v2: mirror-averaged over start boxes (v1 fitted once in the detector's box)
+        return f"dlib68-pnp-v2:{file_sha256(self._path())[:16]}"
 
     def params(self) -> dict:
         return {"landmarks": self.landmarks, "max_error": self.max_error}
@@ -162,34 +197,54 @@ class PoseEstimator:
             self._predictor = dlib.shape_predictor(str(self._path()))
         return self._predictor
 
-    def landmarks_68(self, image: np.ndarray, face: Face) -> np.ndarray:
+    def landmarks_68(self, image: np.ndarray, box: tuple[float, float, float]) -> np.ndarray:
+        """dlib's 68 points started from a square box (centre x, centre y, side)."""
         import dlib
 
-        x1, y1, x2, y2 = face.box
-        # RetinaFace boxes run brow to chin, dlib's detector boxes are squarer: use a square on the box centre.
-        side = max(x2 - x1, y2 - y1)
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        rect = dlib.rectangle(int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(cx + side / 2)), int(round(cy + side / 2)))
-        shape = self.predictor()(np.ascontiguousarray(image), rect)
+        cx, cy, side = box
+        rect = dlib.rectangle(int(round(cx - side / 2)), int(round(cy - side / 2)),
+                              int(round(cx + side / 2)), int(round(cy + side / 2)))
+        shape = self.predictor()(image, rect)
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
     def estimate(self, image: np.ndarray, face: Face) -> Pose | None:
         """Pose of one face, or None when no landmark set gives a fit."""
         shape = image.shape[:2]
-        size = face.size
-        five = face.landmarks_array().astype(np.float64)
         if self.landmarks == DLIB68:
-            pts = self.landmarks_68(image, face)
-            # Agreement with the detector's points: eye centres, nose tip, mouth corners.
-            as_five = np.array([pts[list(EYE_L68)].mean(0), pts[list(EYE_R68)].mean(0), pts[30], pts[48], pts[54]])
-            drift = float(np.linalg.norm(as_five - five, axis=1).mean()) / max(size, 1.0)
-            fit = solve(pts[list(INDEX_68)], MODEL_68, shape, size)
-            if fit is not None and fit[3] <= self.max_error and drift <= self.max_error:
-                return Pose(*fit[:3], DLIB68, fit[3])
-        fit = solve(five, MODEL_5, shape, size)
+            pose = self._estimate_68(image, face)
+            if pose is not None:
+                return pose
+        fit = solve(face.landmarks_array().astype(np.float64), MODEL_5, shape, face.size)
         if fit is None:
             return None
         return Pose(*fit[:3], FIVE_POINT, fit[3])
+
+    def _estimate_68(self, image: np.ndarray, face: Face) -> Pose | None:
+        """Mean of the fits from every start box on the face and on its mirror image; None when they
+        do not fit (median error or drift from the detector's points above max_error)."""
+        image = np.ascontiguousarray(image)
+        mirror = np.ascontiguousarray(image[:, ::-1])
+        size = face.size
+        angles_, errors, drifts = [], [], []
+        for img, f, sign in ((image, face, 1.0), (mirror, mirror_face(face, image.shape[1]), -1.0)):
+            five = f.landmarks_array().astype(np.float64)
+            for box in start_boxes(five):
+                pts = self.landmarks_68(img, box)
+                fit = solve(pts[list(INDEX_68)], MODEL_68, img.shape[:2], size)
+                if fit is None:
+                    continue
+                as_five = np.array([pts[list(EYE_L68)].mean(0), pts[list(EYE_R68)].mean(0), pts[30],
+                                    pts[MOUTH_CORNERS_68[0]], pts[MOUTH_CORNERS_68[1]]])
+                drifts.append(float(np.linalg.norm(as_five - five, axis=1).mean()) / max(size, 1.0))
+                angles_.append((sign * fit[0], fit[1], sign * fit[2]))
+                errors.append(fit[3])
+        if len(angles_) < len(BOX_SCALES) * len(BOX_SHIFTS) ** 2:  # fewer than half of the fits converged
+            return None
+        error, drift = float(np.median(errors)), float(np.median(drifts))
+        if error > self.max_error or drift > self.max_error:
+            return None
+        yaw, pitch, roll = np.mean(angles_, axis=0)
+        return Pose(float(yaw), float(pitch), float(roll), DLIB68, error)
 
 
 def face_key(sha256: str, face: Face, estimator: PoseEstimator) -> str:

@@ -11,8 +11,8 @@
    look-alikes). Faces of one new image never join the same identity.
 4. The rest are clustered among themselves on a kNN graph at the same threshold
    (clusterer=knn_graph; a handful of faces is too few for HDBSCAN's densities), keeping the
-   configured min_cluster_size; their clusters become new identities after the
-   existing ones; the rest is noise.
+   configured min_cluster_size; their clusters become new identities, numbered past
+   every number the output folder has used (export.report.next_number); the rest is noise.
 
 Existing identities keep their folder, their members and every extra field a
 reviewer wrote on them (`name`, `hidden`, ...): they only gain members.
@@ -32,8 +32,8 @@ from ..pipeline import stages as pipeline
 from ..cache.store import StageCache, cache_key
 from ..errors import InputError
 from ..export.locking import output_lock
-from ..export.report import (Linker, entry_folders, flat_name, identity_folder, identity_width, image_entry, read_report,
-                             regroup, write_report)
+from ..export.report import (NEXT_NUMBER, Linker, entry_folders, flat_name, identity_folder, identity_width, image_entry,
+                             next_number, read_report, regroup, write_report)
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,9 @@ class Assignment:
 
 
 def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.ndarray, distance_threshold: float,
-           clusterer, k: int = 10) -> Assignment:
+           clusterer, k: int = 10, first_new: int | None = None) -> Assignment:
     """kNN vote into existing identities at the calibrated threshold (clustering.vote); the rest
-    clustered into new ones."""
+    clustered into new ones, numbered from first_new (default: past the existing ones)."""
     import faiss
 
     from ..clustering.base import relabel_by_size
@@ -87,7 +87,7 @@ def assign(X_old: np.ndarray, y_old: np.ndarray, X_new: np.ndarray, groups: np.n
     from ..clustering.vote import neighbour_vote
 
     X_new = X_new / np.maximum(np.linalg.norm(X_new, axis=1, keepdims=True), 1e-12)
-    n_old = int(y_old.max()) + 1
+    n_old = int(y_old.max()) + 1 if first_new is None else int(first_new)
     labels = np.full(len(X_new), -1, dtype=np.int64)
     index = faiss.IndexFlatIP(X_old.shape[1])
     index.add(np.ascontiguousarray(X_old, dtype=np.float32))
@@ -148,7 +148,8 @@ def _add_images(spec: pipeline.Spec, output_dir: Path, threshold: float, mode: s
     rows = [row for i, rec in enumerate(result.records) if rec.sha256 not in known for row in rec.face_rows.values()]
     rows = np.asarray(sorted(rows), dtype=np.int64)
     if len(rows):
-        a = assign(X_old, y_old, result.embeddings[rows], result.groups[rows], threshold, spec.clusterer)
+        a = assign(X_old, y_old, result.embeddings[rows], result.groups[rows], threshold, spec.clusterer,
+                   first_new=next_number(report))
     else:
         a = Assignment(np.zeros(0, np.int64), 0, 0)
     row_label = dict(zip(rows.tolist(), a.labels.tolist()))
@@ -184,6 +185,7 @@ def _add_images(spec: pipeline.Spec, output_dir: Path, threshold: float, mode: s
         entry["output"] = outputs[0]
         entries.append(entry)
     report["images"].extend(entries)
+    report[NEXT_NUMBER] = max([next_number(report), *(c + 1 for c in names)])
     regroup(report)
     added = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
              "input_dir": str(spec.input_dir.resolve()), "images": len(new_records), "already_present": len(repeats),

@@ -17,17 +17,18 @@ from rich.console import Console
 
 from ..clustering.base import centres
 from ..config.settings import RunSettings
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..evidence import decisions as journal
 from ..evidence.seeds import Seeds
 from ..evidence.video_links import VideoLinks
-from ..experiments import tracking
+from ..experiments import mlflow_link, tracking
 from ..experiments.evaluation import check_labels, evaluate, ground_truth
 from ..experiments.metrics import label_free
 from ..export.face_vectors import save_face_vectors
 from ..export.folders import export, prepare_output
 from ..export.locking import output_lock
-from ..export.report import JSON_NAME, build_report, check_mode, write_report
+from ..export.report import (JSON_NAME, build_report, check_mode, read_report, renumber, stable_numbers, write_marker,
+                             write_report)
 from ..export.summary import print_summary
 from ..pipeline import stages as pipeline
 
@@ -137,6 +138,9 @@ def run_pipeline(spec: pipeline.Spec, decisions: Decisions, cached_only: bool) -
 def write_output(run: RunSettings, spec: pipeline.Spec, exporter, result: pipeline.Result, decisions: Decisions,
                  progress: bool) -> dict:
     """Identity folders, noise/, faces/, the run's face vectors, identity_clustering.json, the contact sheet."""
+    # Each person keeps the identity number the folder's earlier output gave them; new people get new ones.
+    numbers, next_before = stable_numbers(earlier_report(run.output_dir), result.records)
+    renumber(result.records, numbers)
     # Names and hidden flags follow their people to whatever cluster numbers they got.
     meta = journal.identity_meta(result.records, decisions.facts) if decisions.facts else None
     t0 = time.perf_counter()
@@ -145,11 +149,23 @@ def write_output(run: RunSettings, spec: pipeline.Spec, exporter, result: pipeli
     result.timings["export"] = time.perf_counter() - t0
     save_face_vectors(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
     models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
-    report = build_report(result, run.config, models, spec.input_dir.resolve(), run.output_dir.resolve(), meta=meta)
+    report = build_report(result, run.config, models, spec.input_dir.resolve(), run.output_dir.resolve(), meta=meta,
+                          next_number_after=next_before)
     report["metrics"] = run_metrics(run, result)
     write_report(run.output_dir, report)
+    write_marker(run.output_dir)
     write_contact_sheet(report, result, run.output_dir)
     return report
+
+
+def earlier_report(output_dir: Path) -> dict | None:
+    """The output folder's previous clustering (its identity numbers carry over), None when there is none."""
+    try:
+        return read_report(output_dir)
+    except InputError as e:
+        if (Path(output_dir) / JSON_NAME).exists():
+            log.warning("identity numbers start afresh: %s", e)
+        return None
 
 
 def show(report: dict, console: Console, exporter, extra) -> None:
@@ -171,8 +187,11 @@ def track(run: RunSettings, report: dict, result: pipeline.Result, console: Cons
     if handed:
         report["mlflow"] = handed
         uri = handed["tracking_uri"]
-        console.print(f"MLflow: this run appears in {uri} within seconds, logged in the background "
-                      f"(compare: mlflow ui --backend-store-uri {uri})")
+        console.print(f"MLflow: this run appears in {uri} within seconds, logged in the background")
+        # The direct link (a fresh UI opens the experiment on its GenAI overview, not the runs table); a new
+        # experiment's id exists once the logger created it, so only an experiment's first run waits for it.
+        experiment = run.tracking.experiment
+        console.print(mlflow_link.runs_line(uri, experiment, mlflow_link.wait_for_id(uri, experiment)))
 
 
 # ---------------------------------------------------------------- helpers

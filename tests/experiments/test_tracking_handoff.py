@@ -74,6 +74,8 @@ def test_cluster_exits_without_importing_mlflow_and_the_run_follows(small_set, t
     assert f"appears in {uri} within seconds" in out.stdout
     assert run_spool.wait_idle(run_spool.spool_root(tmp_path / "cache"), timeout=240) == []
     [run] = runs_of(uri)
+    # The runs table's direct link, its id read without MLflow (the experiment's first run waits for the logger).
+    assert f"MLflow runs: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs" in out.stdout
     assert run.info.status == "FINISHED" and run.data.metrics["identities"] == 7
     assert {a.path for a in client(uri).list_artifacts(run.info.run_id)} == {
         "identity_clustering.json", "contact_sheet.png", "embedding_scatter.png"}

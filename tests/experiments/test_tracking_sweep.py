@@ -52,8 +52,9 @@ def test_cluster_run_is_logged_with_params_metrics_and_artifacts(small_set, tmp_
     assert logged(tmp_path) == []
     c = client(uri)
     [exp] = [e for e in c.search_experiments() if e.name == "idcluster"]
-    # MLflow 3's UI opens a "model training" experiment on its runs table, not the GenAI overview.
+    # The "model training" kind (a fresh UI still opens the GenAI overview: the printed link goes to the runs).
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"MLflow runs: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in result.output
     [run] = c.search_runs([exp.experiment_id])
     assert run.data.params["clusterer.min_cluster_size"] == "3"
     assert run.data.params["embedder._target_"].endswith("DlibEmbedder")
@@ -123,6 +124,9 @@ def test_sweep_logs_parent_and_children_and_writes_the_table(small_set, tmp_path
     assert "best (bcubed_f1 = 1.0000): idcluster cluster" in result.output
     c = client(uri)
     [exp] = [e for e in c.search_experiments() if e.name == "idcluster"]
+    # The direct link to the runs table (a fresh UI would open the GenAI overview; issue 18 item 16).
+    assert f"MLflow runs: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs   " \
+           f"(after: mlflow ui --backend-store-uri {uri})" in result.output
     runs = c.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -8,7 +8,7 @@ import pytest
 
 from idcluster.workflows import cluster as app
 from idcluster.errors import InputError
-from idcluster.export.report import JSON_NAME, flat_name, identity_names
+from idcluster.export.report import JSON_NAME, MARKER_NAME, flat_name, identity_names
 from idcluster.inputs.scan import sha256_file
 from rich.console import Console
 
@@ -57,20 +57,39 @@ def test_layout_and_json(small_set, tmp_path, config):
     assert {"scan", "decode", "detect", "embed", "cluster", "export"} <= set(stats["timings_s"])
 
 
-def test_refuses_to_overwrite_then_overwrites(small_set, tmp_path, config):
+def test_rerun_into_its_own_folder_refuses_foreign_files_then_overwrites(small_set, tmp_path, config):
+    """Issue 18 item 9: a folder idcluster marked as its own is re-clustered without export.overwrite (after a
+    pose split too); a file idcluster did not write inside the folders a re-run replaces, or an export without
+    the marker, still stops it until export.overwrite=true."""
     folder, _ = small_set
+    out = tmp_path / "out"
     cluster(config(folder))
-    with pytest.raises(InputError, match=r"output_dir already holds an export .* add export.overwrite=true"):
+    assert json.loads((out / MARKER_NAME).read_text())["written_by"] == "idcluster"
+    (out / "identity_000" / "front").mkdir()  # a view folder (subcluster-pose) holding an exported file
+    first = next(p for p in (out / "identity_000").iterdir() if p.is_file())
+    (out / "identity_000" / "front" / first.name).write_bytes(first.read_bytes())
+    (out / "identity_001" / ".DS_Store").write_bytes(b"")  # OS litter goes with the folder
+    cluster(config(folder))  # no overwrite needed
+    assert not (out / "identity_000" / "front").exists()
+    (out / "identity_002" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"holds 1 file\(s\) idcluster did not write .*identity_002/notes.txt.*"
+                                         r"export.overwrite=true"):
         cluster(config(folder))
-    (tmp_path / "out" / "my_notes.txt").write_text("keep me")
-    poses = tmp_path / "out" / "identity_000_poses"  # a folder of the user's that looks like a named identity
+    assert (out / "identity_002" / "notes.txt").read_text() == "mine"
+    (out / "identity_002" / "notes.txt").unlink()
+    (out / MARKER_NAME).unlink()  # an export idcluster did not mark (an older idcluster, or made by hand)
+    with pytest.raises(InputError, match=r"output_dir already holds an export that idcluster did not mark .* "
+                                         r"add export.overwrite=true"):
+        cluster(config(folder))
+    (out / "my_notes.txt").write_text("keep me")
+    poses = out / "identity_000_poses"  # a folder of the user's that looks like a named identity
     poses.mkdir()
     (poses / "a.txt").write_text("mine")
     cluster(config(folder, "export.overwrite=true", "clusterer.min_cluster_size=30"))
-    out = tmp_path / "out"
     assert not list(out.glob("identity_[0-9][0-9][0-9]"))  # the old identity folders went with the old export
     assert (out / "my_notes.txt").read_text() == "keep me"  # files idcluster did not write stay
     assert (poses / "a.txt").read_text() == "mine"  # not named by the old JSON: not ours to replace
+    assert (out / MARKER_NAME).is_file()
 
 
 def test_hardlink_mode_shares_inodes(small_set, tmp_path, config):

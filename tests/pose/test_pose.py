@@ -57,19 +57,58 @@ def test_angles_follow_the_documented_conventions():
     assert roll == pytest.approx(15, abs=1e-6)
 
 
+def _mirror_pair(detector, image):
+    """Pose of the chosen face of an image and of its mirror image, each detected on its own."""
+    return _pose(detector, image), _pose(detector, np.ascontiguousarray(image[:, ::-1]))
+
+
 def test_mirrored_faces_get_opposite_yaw(detector, demo_set, eval_root):
-    """Tolerance: sign flips, and |yaw + yaw_mirrored| <= 12 deg, for every face turned more than 10 deg."""
+    """Every face of the face_recognition examples and its mirror image (detected on its own): |yaw + yaw_mirrored|
+    <= 5 deg, the sign flips where the face is turned by more than 10 deg, pitch agrees, roll flips."""
     paths = sorted((eval_root / "face_recognition_knn_examples").glob("*/*.jp*"))
     turned = 0
     for path in paths:
-        image = load_image(path)
-        a, b = _pose(detector, image), _pose(detector, np.ascontiguousarray(image[:, ::-1]))
+        a, b = _mirror_pair(detector, load_image(path))
+        assert abs(a.yaw + b.yaw) <= 5, (path.name, a.yaw, b.yaw)
         if abs(a.yaw) > 10:
             turned += 1
             assert np.sign(a.yaw) == -np.sign(b.yaw), (path.name, a.yaw, b.yaw)
-            assert abs(a.yaw + b.yaw) <= 12, (path.name, a.yaw, b.yaw)
         assert abs(a.pitch - b.pitch) <= 8 and abs(a.roll + b.roll) <= 8, path.name
     assert turned >= 5
+
+
+def test_the_same_detection_mirrored_gets_exactly_opposite_angles(detector, demo_set):
+    """The estimate averages the face and its mirror image: a detection and the same detection mirrored get
+    opposite yaw and roll and the same pitch (to rounding), on real crops."""
+    folder, _ = demo_set
+    est = ESTIMATORS.setdefault(P.DLIB68, P.PoseEstimator(P.DLIB68))
+    for path in sorted(folder.glob("*"))[:6]:
+        image = load_image(path)
+        face = detector.detect(image)[0]
+        a = est.estimate(image, face)
+        b = est.estimate(np.ascontiguousarray(image[:, ::-1]), P.mirror_face(face, image.shape[1]))
+        assert a.landmarks == b.landmarks == P.DLIB68
+        assert abs(a.yaw + b.yaw) < 1e-6 and abs(a.roll + b.roll) < 1e-6 and abs(a.pitch - b.pitch) < 1e-6, path.name
+
+
+@pytest.mark.slow
+def test_every_lfw_face_and_its_mirror_sum_within_5_degrees(detector, eval_root):
+    """Issue 18: on ~60 px LFW faces 1-2 px of landmark jitter moved yaw by 10-20 deg (a face and its mirror:
+    +19.9 and +18.6). Every one of the 299 LFW faces and its mirror image, each detected on its own, now sum
+    within 5 deg, and their view bins mirror each other for at least 95% (measured: 100% and 98.3%,
+    scripts/bench_pose.py --limit 0)."""
+    paths = sorted((eval_root / "lfw_150px_40ids").glob("*/*.jpg"))
+    sums, same = [], 0
+    mirror_view = {"three_quarter_left": "three_quarter_right", "three_quarter_right": "three_quarter_left",
+                   "profile_left": "profile_right", "profile_right": "profile_left"}
+    for path in paths:
+        a, b = _mirror_pair(detector, load_image(path))
+        sums.append((abs(a.yaw + b.yaw), path.name, round(a.yaw, 1), round(b.yaw, 1)))
+        va, vb = P.Bins().view(a.yaw, a.pitch), P.Bins().view(b.yaw, b.pitch)
+        same += mirror_view.get(va, va) == vb
+    assert len(sums) == 299
+    assert max(sums)[0] <= 5, sorted(sums)[-3:]
+    assert same / len(sums) >= 0.95
 
 
 def _demo_augmentations(truth: dict[str, str]) -> dict[str, tuple[str, str]]:
@@ -85,7 +124,7 @@ def _demo_augmentations(truth: dict[str, str]) -> dict[str, tuple[str, str]]:
 def test_flipped_demo_crops_get_opposite_yaw(detector, demo_set):
     """Package-shipped photos (no eval set needed): each person's crop and its mirror image;
     where the crop is turned by more than 10 deg the flip has the opposite sign, and the sum is
-    within 12 deg when both used the same landmarks (a 5-point fallback reads smaller yaws)."""
+    within 5 deg when both used the same landmarks (a 5-point fallback reads smaller yaws)."""
     folder, truth = demo_set
     aug = _demo_augmentations(truth)
     assert all(aug[n][0] == truth[n] for n in truth)  # the reconstruction matches the set
@@ -98,8 +137,8 @@ def test_flipped_demo_crops_get_opposite_yaw(detector, demo_set):
         if abs(p["orig"].yaw) > 10:
             turned += 1
             assert np.sign(p["orig"].yaw) == -np.sign(p["flip"].yaw), (identity, p)
-            if p["orig"].landmarks == p["flip"].landmarks:
-                assert abs(p["orig"].yaw + p["flip"].yaw) <= 12, (identity, p)
+        if p["orig"].landmarks == p["flip"].landmarks:
+            assert abs(p["orig"].yaw + p["flip"].yaw) <= 5, (identity, p)
     assert turned >= 3
 
 

@@ -160,6 +160,8 @@ def test_bench_pose(tiny_eval_root, tmp_path):
     data = read_outputs(out)
     assert [r["landmarks"] for r in data["estimators"]] == ["dlib68", "five_point"]
     assert all(r["faces"] == 6 and r["cpu_ms_per_face"] > 0 for r in data["estimators"])
+    assert [r["estimator"] for r in data["stability"]] == ["dlib68", "dlib68_single"]
+    assert all(r["faces"] == 6 and in_unit(r["mirror_within_5"]) and r["mirror_max"] >= 0 for r in data["stability"])
 
 
 def test_bench_review_small(tmp_path):
