@@ -10,7 +10,7 @@ IDENTITY = "identity="
 @handle_errors
 def subcluster_pose(overrides: Optional[list[str]] = Overrides, quiet: bool = Quiet) -> None:
     """Split identities of output_dir by head pose into <identity>/<view>/ folders (identity=NAME for one)."""
-    from ..experiments import tracking
+    from ..experiments import mlflow_link, tracking
     from ..pose.views import subcluster_pose as split
     from ..pose.views import view_order
 
@@ -41,3 +41,5 @@ def subcluster_pose(overrides: Optional[list[str]] = Overrides, quiet: bool = Qu
             if run_id:
                 counts = {f"views.{i}.{v}": n for i, c in result["views"].items() for v, n in c.items()}
                 tracker.log(tracking.flatten({"pose": run.choice("pose")}), counts, result["sheets"])
+        if tracker.ok:
+            out.print(mlflow_link.runs_line(tracker.uri, tracker.experiment, tracker.experiment_id))

@@ -341,3 +341,4 @@ def test_contact_sheets_in_the_output_and_mlflow(clustered, tmp_path):
     [run] = c.search_runs([exp.experiment_id])
     assert {a.path for a in c.list_artifacts(run.info.run_id)} == {f"{i}.png" for i in report["pose"]["views"]}
     assert run.data.metrics[f"views.identity_000.{next(iter(views))}"] == next(iter(views.values()))
+    assert f"MLflow runs: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in r.output
