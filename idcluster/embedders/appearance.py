@@ -17,7 +17,7 @@ colour, clothes, accessories) more than by a face. The descriptor is:
 Blocks are weighted, concatenated and L2-normalised. No model, a few ms per
 image. `describe(rgb, mask)` is the pure function; the class is the embedder
 protocol (align = crop of the detected box, so with detector=none the whole
-image, and it also feeds the faceless-assignment stage, idcluster.evidence.appearance).
+image, and it also feeds the faceless-assignment stage, idcluster.evidence.instance).
 """
 
 from __future__ import annotations

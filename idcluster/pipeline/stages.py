@@ -339,7 +339,7 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
             rec.reason, rec.detail = R.CLUSTER_NOISE, "not close enough to any cluster"
         else:
             rec.evidence, rec.evidence_score = "face", round(rec.probability, 4)
-    if spec.appearance is not None:  # faceless images by appearance, seeds, tracks (idcluster.evidence.appearance)
+    if spec.appearance is not None:  # faceless images by appearance, seeds, tracks (idcluster.evidence.instance)
         _appearance_stage(spec, result, cache, cached_only)
         if not len(result.embeddings) and all(r.label < 0 for r in records):
             raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")

@@ -17,7 +17,7 @@ from PIL import Image
 from idcluster.pipeline import stages as pipeline
 from idcluster import records as R
 from idcluster.workflows.cluster import make_spec
-from idcluster.evidence.appearance import AppearanceAssigner
+from idcluster.evidence.instance import AppearanceAssigner
 from idcluster.evidence.links import ImageLinks
 from idcluster.embedders.appearance import AppearanceEmbedder, describe, foreground_mask, load_instance
 from idcluster.config.compose import build, group_options, load_config
