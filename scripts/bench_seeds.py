@@ -4,9 +4,10 @@
 For each set and n, n images per identity (a fixed random draw, seed 0) are written to a
 seeds CSV (`relative_path,name`) and the pipeline runs with `seeds=` under each config:
 
-- `vote` (default config): face clustering with seeds as constraints, then faceless images
-  join by the kNN vote (seeded images are members that vote);
-- `propagate`: the same with appearance.method=propagate (LabelSpreading on the kNN graph);
+- `default`: the default config: face clustering with seeds as constraints, then the
+  whole-instance stream (instance=fused) over the images without a usable face, seeded
+  names as units that anchor their identity;
+- `appearance`: the same stream with the hand-made descriptor alone (instance=appearance);
 - `constrained`: detector=none embedder=appearance and agglomerative clustering, seeds as
   must-/cannot-links inside the clusterer (constrained clustering on appearance alone).
 
@@ -36,8 +37,8 @@ from _bench_common import markdown, write_outputs
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 CONFIGS = {
-    "vote": [],
-    "propagate": ["appearance.method=propagate"],
+    "default": [],
+    "appearance": ["instance=appearance"],
     "constrained": ["detector=none", "embedder=appearance", "clusterer=agglomerative", "clusterer.min_cluster_size=2"],
 }
 

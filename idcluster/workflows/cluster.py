@@ -80,6 +80,7 @@ def make_spec(run: RunSettings, until: str, progress: bool = True, decisions: "D
         runner=run.component("runner"),
         constraint_sources=constraint_sources(run, (decisions or Decisions.of(run)).journal) if clustering else [],
         appearance=run.component("appearance") if clustering else None,
+        instance=run.component("instance") if clustering else None,
     )
 
 
@@ -145,6 +146,8 @@ def write_output(run: RunSettings, spec: pipeline.Spec, exporter, result: pipeli
     result.timings["export"] = time.perf_counter() - t0
     save_face_vectors(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
     models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
+    if result.instance_model:  # the whole-instance stream described images
+        models["instance"] = result.instance_model
     report = build_report(result, run.config, models, spec.input_dir.resolve(), run.output_dir.resolve(), meta=meta)
     report["metrics"] = run_metrics(run, result)
     write_report(run.output_dir, report)

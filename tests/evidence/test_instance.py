@@ -1,4 +1,4 @@
-"""Faceless instances join identities by appearance; embedder=appearance; evidence in the JSON.
+"""The whole-instance stream: images without a usable face join identities; embedder=appearance; evidence in the JSON.
 
 Instance folders are built in tmp from real photos (the demo crops of insightface's
 shipped photos): shrunken copies whose face is below faces.min_face_size stand for
@@ -17,7 +17,8 @@ from PIL import Image
 from idcluster.pipeline import stages as pipeline
 from idcluster import records as R
 from idcluster.workflows.cluster import make_spec
-from idcluster.evidence.instance import AppearanceAssigner
+from idcluster.evidence import instance as stream
+from idcluster.evidence.instance import InstanceStream
 from idcluster.evidence.links import ImageLinks
 from idcluster.embedders.appearance import AppearanceEmbedder, describe, foreground_mask, load_instance
 from idcluster.config.compose import build, group_options, load_config
@@ -104,27 +105,41 @@ def test_faceless_instances_join_the_identity_they_resemble(faceless_set, config
     for name, identity in extra.items():
         rec = by[name]
         assert rec.reason in (R.NO_FACE, R.FACE_TOO_SMALL)  # the reason stays: no usable face
-        assert rec.evidence == "appearance" and rec.evidence_score >= 0.85
+        assert rec.evidence == "appearance" and 0 < rec.evidence_score <= 1
         mates = {by[n].label for n in truth if truth[n] == identity}
         assert mates == {rec.label}
     assert all(by[n].evidence == "face" for n in truth)
-    assert result.computed["appearance"] == len(result.records)
-    # Second run: the appearance vectors come from the cache.
+    # Computed where it can decide something: the 7 faceless images and each identity's members
+    # (3 per person here, under appearance.representatives=5).
+    assert result.computed["instance"] == len(result.records)
+    # Second run: the instance vectors come from the cache.
     again = run(config(folder, "faces.min_face_size=64"))
-    assert "appearance" not in again.computed
+    assert "instance" not in again.computed
     assert [r.label for r in again.records] == [r.label for r in result.records]
+
+
+def test_only_representatives_of_face_identities_are_described(faceless_set, config):
+    folder, truth, extra = faceless_set
+    result = run(config(folder, "faces.min_face_size=64", "appearance.representatives=1"))
+    assert result.computed["instance"] == len(extra) + len(set(truth.values()))
+
+
+def test_a_folder_of_clear_faces_computes_no_instance_vectors(small_set, config):
+    folder, truth = small_set
+    result = run(config(folder))
+    assert all(r.evidence == "face" for r in result.records)
+    assert "instance" not in result.computed and result.instance_model is None
 
 
 def test_appearance_off_or_tight_leaves_faceless_in_noise(faceless_set, config):
     folder, truth, extra = faceless_set
-    for override in ["appearance.enabled=false", "appearance.min_similarity=0.9999"]:
-        by = {r.rel_path: r for r in run(config(folder, override, "appearance.cluster_faceless=false",
-                                                "faces.min_face_size=64")).records}
+    for override in ["appearance.enabled=false", "instance.distance_threshold=0.0001"]:
+        by = {r.rel_path: r for r in run(config(folder, override, "faces.min_face_size=64")).records}
         assert all(by[n].label == -1 and by[n].evidence is None for n in extra), override
 
 
 def test_faceless_images_cluster_into_identities_of_their_own(faceless_set, config):
-    """Two shrunken copies of a person with no face-based identity form one of their own."""
+    """Shrunken copies of a person with no face-based identity form one of their own."""
     folder, truth, extra = faceless_set
     identity = sorted(set(truth.values()))[0]
     mates = [n for n in sorted(truth) if truth[n] == identity]
@@ -141,7 +156,7 @@ def test_faceless_images_cluster_into_identities_of_their_own(faceless_set, conf
     assert own[0].label not in face_labels
 
 
-def test_json_records_evidence_and_score(faceless_set, config, tmp_path):
+def test_json_records_evidence_score_and_the_instance_model(faceless_set, config, tmp_path):
     from idcluster.workflows.cluster import cluster
     from rich.console import Console
 
@@ -154,6 +169,7 @@ def test_json_records_evidence_and_score(faceless_set, config, tmp_path):
     assert all(0 < images[n]["evidence_score"] <= 1 for n in extra)
     assert images[sorted(truth)[0]]["evidence"] == "face"
     assert saved["statistics"]["evidence"] == {"face": len(truth), "appearance": len(extra)}
+    assert saved["models"]["instance"].startswith("fused:appearance-v1+mobilenetv2:")
     assert report["noise"]["size"] == 0 and not report["noise"]["reasons"]
 
 
@@ -166,72 +182,147 @@ def test_detector_none_with_appearance_embedder(small_set, config):
 
 
 def test_bad_appearance_options_are_one_line_errors():
-    with pytest.raises(ConfigError, match="appearance.method"):
-        AppearanceAssigner(method="magic")
-    with pytest.raises(ConfigError, match="appearance.min_share"):
-        AppearanceAssigner(min_share=2)
-    with pytest.raises(ConfigError, match="appearance.descriptor"):
-        AppearanceAssigner(descriptor={"colour": 1})
+    with pytest.raises(ConfigError, match="appearance.impostor_quantile"):
+        InstanceStream(impostor_quantile=2)
+    with pytest.raises(ConfigError, match="appearance.representatives"):
+        InstanceStream(representatives=0)
+    with pytest.raises(ConfigError, match="appearance.face_domain"):
+        InstanceStream(face_domain={"colour": 1})
+    with pytest.raises(ConfigError, match="appearance.face_domain.band"):
+        InstanceStream(face_domain={"band": [0.2, 0.1]})
+    with pytest.raises(ConfigError, match="instance.appearance_weight"):
+        build(load_config(["input_dir=x", "instance.appearance_weight=2"]), "instance")
 
 
-def test_frame_cannot_link_and_track_in_the_faceless_stage():
+class VectorModel:
+    """An instance model over given vectors (unit level: no images)."""
+
+    model_id, params, batch_size, neighbours = "test-vectors", {}, 1, 1
+
+    def __init__(self, V, threshold=0.2):
+        self.V, self.distance_threshold = V, threshold
+
+    def run_space(self, V):
+        return np.asarray(V, dtype=np.float64)
+
+
+def use_vectors(monkeypatch, V):
+    monkeypatch.setattr(stream, "instance_vectors", lambda model, records, idx, *a, **k: {i: V[i] for i in idx if i in V})
+
+
+def records_of(n, **fields):
+    return [R.ImageRecord(path=f"/x/{i}", rel_path=f"{i}.png", size=1, sha256=f"{i}", **fields) for i in range(n)]
+
+
+def test_frame_cannot_link_and_track(monkeypatch):
     """Unit level, on vectors: a track moves as one unit; one frame never holds one identity twice."""
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=8), rng.normal(size=8)
-    recs = [R.ImageRecord(path=f"/x/{i}", rel_path=f"{i}.png", size=1, sha256=f"{i}") for i in range(5)]
-    recs[0].label, recs[0].evidence = 0, "face"
-    for r in recs[1:]:
+    recs = records_of(6)
+    for i in (0, 5):  # two face identities (the bar needs two to calibrate on)
+        recs[i].label, recs[i].embedding_row = (0 if i == 0 else 1), i // 5
+    for r in recs[1:5]:
         r.reason = R.NO_FACE
-    V = {0: a, 1: a + 0.01, 2: a + 0.02, 3: a + 0.4 * b, 4: a + 0.01}
+    V = {0: a, 1: a + 0.01, 2: a + 0.02, 3: a + 0.4 * b, 4: a + 0.01, 5: -a}
     V = {k: v / np.linalg.norm(v) for k, v in V.items()}
-    assigner = AppearanceAssigner(cluster_faceless=False, calibrate_quantile=None)  # one face identity: fixed bar
-    assigner.vectors = lambda records, idx, *a, **k: {i: V[i] for i in idx}
+    use_vectors(monkeypatch, V)
+    faces = np.stack([V[0], V[5]])
     # 3 looks like b but shares a track with 1 (looks like a); 4 shares a frame with 0.
     links = ImageLinks(tracks={1: "t", 3: "t"}, frames={0: "f", 4: "f"})
-    assigner.assign(recs, links, cache=None, progress=False)
-    assert recs[1].label == recs[3].label == recs[0].label  # the track's mean still votes for identity 0
-    assert recs[2].label == recs[0].label and recs[2].evidence == "appearance"
-    assert recs[4].label == -1  # its frame already holds identity 0
+    InstanceStream(distance_threshold=0.2, impostor_quantile=1.0).assign(
+        recs, links, cache=None, model=VectorModel(V), face_vectors=faces, progress=False)
+    assert recs[1].label == recs[3].label == recs[0].label  # the track moves as one unit and joins identity 0
+    assert recs[1].evidence == recs[3].evidence == "appearance"
+    assert recs[4].label != recs[0].label  # its frame already holds identity 0
+    assert recs[2].label == recs[4].label >= 0 and recs[2].evidence == "appearance"  # its look-alike: their own
 
 
-def test_faceless_clusters_respect_frames_and_seed_anchors():
-    """Unit level: look-alikes of one frame never share a faceless identity; a seeded image
-    anchors the cluster around it (its name's identity), across the cannot-link between names."""
+def test_faceless_clusters_respect_frames_and_seed_anchors(monkeypatch):
+    """Unit level: look-alikes of one frame never share an identity; a seeded image anchors the
+    cluster around it (its name's identity), across the cannot-link between names."""
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=8), rng.normal(size=8)
-    recs = [R.ImageRecord(path=f"/x/{i}", rel_path=f"{i}.png", size=1, sha256=f"{i}", reason=R.NO_FACE)
-            for i in range(6)]
+    recs = records_of(6, reason=R.NO_FACE)
     V = {0: a, 1: a + 0.01, 2: a + 0.02, 3: b, 4: b + 0.01, 5: b + 0.02}
     V = {k: v / np.linalg.norm(v) for k, v in V.items()}
-    assigner = AppearanceAssigner()
-    assigner.vectors = lambda records, idx, *x, **k: {i: V[i] for i in idx}
+    use_vectors(monkeypatch, V)
     links = ImageLinks(frames={0: "f", 1: "f"}, names={3: "bob"})
-    assigner.assign(recs, links, cache=None, progress=False)
+    InstanceStream(distance_threshold=0.2).assign(recs, links, cache=None, model=VectorModel(V), progress=False)
     assert recs[0].label != recs[1].label or recs[0].label == -1
     assert recs[2].label >= 0 and recs[2].label in {recs[0].label, recs[1].label}
     assert recs[3].evidence == "seed" and recs[4].label == recs[5].label == recs[3].label
     assert recs[4].evidence == "appearance"
 
 
+def test_face_identities_take_no_joins_without_a_calibration(monkeypatch):
+    """One face identity: nothing to calibrate the bar on, so a look-alike without a face does not
+    join it (it may only form an identity of its own); a seeded identity takes it."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=8)
+    recs = records_of(3)
+    recs[0].label, recs[0].embedding_row = 0, 0
+    recs[1].reason = recs[2].reason = R.NO_FACE
+    V = {0: a, 1: a + 0.01, 2: a + 0.02}
+    V = {k: v / np.linalg.norm(v) for k, v in V.items()}
+    use_vectors(monkeypatch, V)
+    InstanceStream(distance_threshold=0.2).assign(recs, ImageLinks(), None, VectorModel(V), V[0][None], progress=False)
+    assert recs[1].label == recs[2].label != recs[0].label
+    for r in recs[1:]:
+        r.label, r.evidence = -1, None
+    recs[0].label = 0
+    InstanceStream(distance_threshold=0.2).assign(recs, ImageLinks(names={0: "ann"}), None, VectorModel(V), V[0][None],
+                                                  progress=False)
+    assert recs[1].label == recs[2].label == recs[0].label
+
+
+def test_drawn_faces_out_of_the_face_models_domain_take_the_instance_stream(monkeypatch, small_set, config):
+    """A run whose faces the face model cannot tell apart (every pair in its ambiguous band, as a
+    human-face model sees drawn faces) gives them reason face_out_of_domain, no face identity, and
+    places them by whole-instance evidence instead; appearance.enabled=false keeps the old behaviour."""
+    from idcluster.embedders.dlib_resnet import DlibEmbedder
+
+    folder, truth = small_set
+    real = DlibEmbedder.embed
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=128)
+    centre /= np.linalg.norm(centre)
+
+    def collapsed(self, chips):  # every face ~0.08 from every other: the band of a collapsed model
+        X = real(self, chips)
+        noise = rng.normal(size=X.shape)
+        noise -= (noise @ centre)[:, None] * centre
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        return (0.96 * centre + np.sqrt(1 - 0.96 ** 2) * noise).astype(np.float32)
+
+    monkeypatch.setattr(DlibEmbedder, "embed", collapsed)
+    result = run(config(folder, "cache_dir=" + str(folder.parent / "c1")))
+    assert {r.reason for r in result.records} == {R.FACE_OUT_OF_DOMAIN}
+    assert {r.evidence for r in result.records if r.label >= 0} <= {"appearance"}
+    assert len(result.embeddings) == 0 and result.computed["instance"] == len(truth)
+    off = run(config(folder, "cache_dir=" + str(folder.parent / "c1"), "appearance.enabled=false"))
+    assert all(r.reason in (None, R.CLUSTER_NOISE) for r in off.records) and len(off.embeddings) == len(truth)
+
+
 @pytest.mark.parametrize("option", group_options("appearance"))
 def test_every_appearance_option_composes_and_builds(option):
     cfg = load_config(["input_dir=x", f"appearance={option}"])
-    assigner = build(cfg, "appearance")
-    assert isinstance(assigner, AppearanceAssigner) and cfg.appearance._target_.endswith(".AppearanceAssigner")
-    assert assigner.method == option and assigner.enabled and assigner.k == 5
+    s = build(cfg, "appearance")
+    assert isinstance(s, InstanceStream) and cfg.appearance._target_.endswith(".InstanceStream")
+    assert s.enabled and s.distance_threshold == cfg.instance.distance_threshold and s.face_band == (0.06, 0.10)
 
 
 def test_appearance_keys_keep_working_on_the_command_line_and_in_the_project_file(tmp_path):
     from idcluster.config.project import load_project, resolve
 
-    cfg = load_config(["input_dir=x", "appearance.method=propagate", "appearance.enabled=false",
-                       "appearance.min_similarity=0.9", "+appearance.descriptor.size=64"])
-    a = build(cfg, "appearance")
-    assert (a.method, a.enabled, a.min_similarity, a.descriptor.params["size"]) == ("propagate", False, 0.9, 64)
+    cfg = load_config(["input_dir=x", "appearance.enabled=false", "instance=appearance", "instance.size=64",
+                       "appearance.representatives=3"])
+    s, model = build(cfg, "appearance"), build(cfg, "instance")
+    assert (s.enabled, s.representatives, s.distance_threshold, model.params["size"]) == (False, 3, 0.28, 64)
     path = tmp_path / "idcluster.toml"
-    path.write_text('[defaults]\noverrides = ["appearance=propagate"]\n\n[defaults.appearance]\nmin_share = 0.7\nk = 7\n')
-    defaults, explicit = resolve(load_project(path), ["input_dir=x", "appearance.k=9"])
-    a = build(load_config(explicit, defaults=defaults), "appearance")
-    assert (a.method, a.min_share, a.k) == ("propagate", 0.7, 9)  # the CLI beats the project file
-    with pytest.raises(ConfigError, match="appearance.method must be one of vote, propagate"):
-        build(load_config(["input_dir=x", "appearance.method=magic"]), "appearance")
+    path.write_text('[defaults]\noverrides = ["instance=mobilenet"]\n\n[defaults.appearance]\nrepresentatives = 7\n'
+                    'impostor_quantile = 0.1\n')
+    defaults, explicit = resolve(load_project(path), ["input_dir=x", "appearance.representatives=9"])
+    cfg = load_config(explicit, defaults=defaults)
+    s = build(cfg, "appearance")
+    assert (s.representatives, s.impostor_quantile, s.distance_threshold) == (9, 0.1, 0.53)  # the CLI beats the file
+    assert type(build(cfg, "instance")).__name__ == "MobileNetEmbedder"
