@@ -185,7 +185,7 @@ class AppearanceEmbedder:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self.describe(rgb, mask) for rgb, mask in items])
 
-    def run_space(self, V: np.ndarray) -> np.ndarray:
+    def run_space(self, V: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         """The space a run clusters in: the unit vectors themselves (cosine)."""
         return np.asarray(V, dtype=np.float64)
 

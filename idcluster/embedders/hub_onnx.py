@@ -184,7 +184,7 @@ class HubOnnxEmbedder(LazyModel):
 
     embed_instances = embed  # the instance-stream name: items from load()
 
-    def run_space(self, V: np.ndarray) -> np.ndarray:
+    def run_space(self, V: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         """The space the run clusters in: the unit vectors themselves (cosine, as the model compares)."""
         return np.asarray(V, dtype=np.float64)
 

@@ -132,7 +132,7 @@ class MobileNetEmbedder:
 
     embed_instances = embed  # as the instance stream (instance=mobilenet): items from load()
 
-    def run_space(self, V: np.ndarray) -> np.ndarray:
+    def run_space(self, V: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         """The space a run clusters in: the unit vectors themselves (cosine)."""
         return np.asarray(V, dtype=np.float64)
 

@@ -142,7 +142,9 @@ class InstanceStream:
         if not any(i in V for i in needy):
             return False
         rows = {i: n for n, i in enumerate(sorted(V))}
-        Z = unit_rows(model.run_space(np.stack([V[i] for i in sorted(V)])))
+        # The space is the one of the images to place (a model that centres on its run centres on them).
+        placing = np.isin(np.array(sorted(V)), needy)
+        Z = unit_rows(model.run_space(np.stack([V[i] for i in sorted(V)]), placing))
         # Images without a usable face pull together with their nearest such images (never towards the
         # faces: a lone image averaged with its nearest face would look like that person).
         free = np.array([rows[i] for i in needy if i in rows], dtype=np.int64)

@@ -43,6 +43,12 @@ def test_run_space_centres_weights_and_is_unit(fused, small_set):
     # Centred: the run's mean block is gone before re-normalising.
     centred = V[:, a:] - V[:, a:].mean(axis=0)
     assert np.allclose(Z[:, a:], np.sqrt(0.7) * centred / np.linalg.norm(centred, axis=1, keepdims=True), atol=1e-6)
+    # Centred on the reference rows where given (the images the stream places).
+    ref = np.arange(len(V)) % 2 == 0
+    on_ref = V[:, a:] - V[ref, a:].mean(axis=0)
+    Zr = fused.run_space(V, ref)
+    assert np.allclose(Zr[:, a:], np.sqrt(0.7) * on_ref / np.linalg.norm(on_ref, axis=1, keepdims=True), atol=1e-6)
+    assert np.allclose(fused.run_space(V, np.zeros(len(V), bool)), Z)  # no reference rows: all rows
     raw = FusedEmbedder(centre=0.0, appearance_weight=0.5, threads=1).run_space(V)
     assert np.allclose(raw, np.hstack([V[:, :a], V[:, a:]]) * np.sqrt(0.5), atol=1e-6)
     # Same people closer than others in the run's space.

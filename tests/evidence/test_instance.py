@@ -202,7 +202,8 @@ class VectorModel:
     def __init__(self, V, threshold=0.2):
         self.V, self.distance_threshold = V, threshold
 
-    def run_space(self, V):
+    def run_space(self, V, reference=None):
+        self.reference = reference
         return np.asarray(V, dtype=np.float64)
 
 
@@ -252,6 +253,23 @@ def test_faceless_clusters_respect_frames_and_seed_anchors(monkeypatch):
     assert recs[2].label >= 0 and recs[2].label in {recs[0].label, recs[1].label}
     assert recs[3].evidence == "seed" and recs[4].label == recs[5].label == recs[3].label
     assert recs[4].evidence == "appearance"
+
+
+def test_the_run_space_is_the_one_of_the_images_to_place(monkeypatch):
+    """The model's run space is centred on the images without a usable face (`reference`), not on
+    the face identities' representatives: in a mixed folder the photos would set the mean and
+    every cartoon frame would share what is left (LFW + ORL + Simpsons: all 420 frames in one)."""
+    rng = np.random.default_rng(3)
+    recs = records_of(5)
+    for i in (0, 1):
+        recs[i].label, recs[i].embedding_row = i, i
+    for r in recs[2:]:
+        r.reason = R.NO_FACE
+    V = {i: v / np.linalg.norm(v) for i, v in enumerate(rng.normal(size=(5, 8)))}
+    use_vectors(monkeypatch, V)
+    model = VectorModel(V)
+    InstanceStream(distance_threshold=0.2).assign(recs, ImageLinks(), None, model, np.stack([V[0], V[1]]), progress=False)
+    assert model.reference.tolist() == [False, False, True, True, True]
 
 
 def test_face_identities_take_no_joins_without_a_calibration(monkeypatch):
