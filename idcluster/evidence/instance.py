@@ -70,7 +70,7 @@ class InstanceStream:
 
     def __init__(self, enabled: bool = True, distance_threshold: float | None = None,
                  grey_distance_threshold: float | None = None, min_cluster_size: int = 2,
-                 impostor_quantile: float = 0.05, min_face_identities: int = 2, representatives: int = 5,
+                 impostor_quantile: float = 0.05, min_face_identities: int = 2, representatives: int = 2,
                  face_domain: dict | None = None, exact_max_units: int = 20_000, knn: int = 30):
         if not 0.0 <= float(impostor_quantile) <= 1.0:
             raise ConfigError(f"appearance.impostor_quantile must be in [0, 1], got {impostor_quantile}")
