@@ -14,6 +14,7 @@ seeds CSV (`relative_path,name`) and the pipeline runs with `seeds=` under each 
 Scores: BCubed over all images, and over the images that were not seeds. Writes JSON + Markdown.
 
   python scripts/bench_seeds.py --eval-root ../shared/eval --out benchmarks/seeds
+  python scripts/bench_seeds.py --override clusterer.min_cluster_size=3   # as eval_quality.py scores the drawn sets
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", dest="configs", help=f"one of {', '.join(CONFIGS)}")
     ap.add_argument("--cache-dir", type=Path, default=Path("benchmarks/out/cache"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/seeds"))
+    ap.add_argument("--override", action="append", default=[],
+                    help="extra override for every run, e.g. clusterer.min_cluster_size=3 (as eval_quality.py's sets)")
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="idcluster-seeds-") as tmp:
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
                     w.writerow(["relative_path", "name"])
                     w.writerows(sorted(seeds.items()))
                 for cname in args.configs or list(CONFIGS):
-                    over = [f"input_dir={dest}", f"cache_dir={args.cache_dir}", "tracking=off", *CONFIGS[cname]]
+                    over = [f"input_dir={dest}", f"cache_dir={args.cache_dir}", "tracking=off", *args.override, *CONFIGS[cname]]
                     if n:
                         over.append(f"seeds={seed_file}")
                     t0 = time.perf_counter()
