@@ -168,15 +168,10 @@ class HubOnnxEmbedder(LazyModel):
 
     def embed(self, images) -> np.ndarray:
         """[n, d] float32 unit rows for whole images (PIL images, or RGB/RGBA uint8 arrays)."""
-        sess = self.session()
-        names = [o.name for o in sess.get_outputs()]
         out = []
         for start in range(0, len(images), self.batch_size):
-            batch = np.stack([self.preprocess(self._pil(im)) for im in images[start:start + self.batch_size]])
-            y = np.asarray(self._output(sess.run(None, {self.input_name: batch.astype(np.float32)}), names), np.float32)
-            if y.ndim == 3:  # token sequence: the class token
-                y = y[:, 0]
-            out.append(y.reshape(len(batch), -1))
+            out.append(self._features(np.stack([self.preprocess(self._pil(im))
+                                                for im in images[start:start + self.batch_size]])))
         if not out:
             return np.zeros((0, 0), np.float32)
         X = np.concatenate(out)
@@ -184,13 +179,24 @@ class HubOnnxEmbedder(LazyModel):
 
     embed_instances = embed  # the instance-stream name: items from load()
 
+    def _features(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw [n, d] features of a preprocessed NCHW batch."""
+        sess = self.session()
+        names = [o.name for o in sess.get_outputs()]
+        y = np.asarray(self._output(sess.run(None, {self.input_name: batch.astype(np.float32)}), names), np.float32)
+        if y.ndim == 3:  # token sequence: the class token
+            y = y[:, 0]
+        return y.reshape(len(batch), -1)
+
     def run_space(self, V: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         """The space the run clusters in: the unit vectors themselves (cosine, as the model compares)."""
         return np.asarray(V, dtype=np.float64)
 
     @property
     def dim(self) -> int:
-        return int(self.embed([np.zeros((self.input_size, self.input_size, 3), np.uint8)]).shape[1])
+        """The feature width, from one blank input tensor (no image: nothing counts as seen)."""
+        s = self.input_size
+        return int(self._features(np.zeros((1, 3, s, s), np.float32)).shape[1])
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         """The detected box (only for saving face chips: the model itself sees whole images)."""

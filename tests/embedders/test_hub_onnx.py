@@ -342,6 +342,25 @@ def test_instance_ccip_keeps_human_faces_on_the_face_embedder(characters, small_
     assert result.instance_model.startswith("ccip:")
 
 
+def test_embedder_ccip_or_clip_decides_with_its_own_threshold_not_the_instance_models(characters, tmp_path, config):
+    """embedder=ccip is the whole-instance model: the stream takes CCIP's own decision (metrics.json
+    through its comparator), never the default instance=fused thresholds; embedder=clip its own 0.15."""
+    chars, paths = characters
+    d = ccip_folder(tmp_path)
+    spec = make_spec(config(chars, "embedder=ccip", f"embedder.model_dir={d}"), "cluster", progress=False)
+    assert spec.appearance.distance_threshold is None and spec.appearance.grey_distance_threshold is None
+    pipeline.run(spec)
+    assert spec.appearance.thresholds_.colour == pytest.approx(spec.embedder.distance_threshold)
+    assert spec.appearance.thresholds_.grey is None
+    own = make_spec(config(chars, "embedder=ccip", f"embedder.model_dir={d}", "embedder.distance_threshold=0.3"),
+                    "cluster", progress=False)
+    assert own.appearance.distance_threshold == 0.3
+    clip = make_spec(config(chars, "embedder=clip"), "cluster", progress=False)
+    assert (clip.appearance.distance_threshold, clip.appearance.grey_distance_threshold) == (0.15, None)
+    fused = make_spec(config(chars), "cluster", progress=False)  # the default: instance=fused's calibration
+    assert (fused.appearance.distance_threshold, fused.appearance.grey_distance_threshold) == (0.62, 0.72)
+
+
 # ---------------------------------------------------------------- lookup and errors
 
 
