@@ -47,8 +47,11 @@ def face_in_domain(X: np.ndarray, band: tuple[float, float] | None, max_share: f
     face's distances to the run's other faces fall inside that band, the embedder sees no
     identities there: drawn faces under a human-face model (anime dev: a face's median share
     0.55, 99% of faces over 0.3; LFW, ORL: at most 0.15 and 0.26). Such a face is not usable
-    evidence; its image takes the whole-instance stream. Too few faces (< min_faces) to
-    judge, or no band: every face counts.
+    evidence; its image takes the whole-instance stream. The ambiguity must be collective: an
+    ambiguous face whose in-band neighbours are mostly faces the embedder places clearly is a
+    person who looks like those people (a small run of two look-alike people: one photo's
+    share 0.47, its in-band neighbours all under the 0.35 bar), and it counts. Too few
+    faces (< min_faces) to judge, or no band: every face counts.
     """
     n = len(X)
     if band is None or n < max(int(min_faces), 2):
@@ -59,15 +62,30 @@ def face_in_domain(X: np.ndarray, band: tuple[float, float] | None, max_share: f
     # (a share: the sample estimates it, and the cost stays O(n x sample)).
     ref = np.arange(n) if n <= SHARE_SAMPLE else np.sort(np.random.default_rng(0).choice(n, SHARE_SAMPLE, replace=False))
     R = Xf[ref]
-    share = np.zeros(n)
     step = max(1, 4_000_000 // len(ref))  # rows x sample distances per chunk (bounded memory at any size)
+
+    def inside_band(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """rows x sample: which distances fall inside the band (the face itself left out), and
+        whether each row is in the sample."""
+        inside = ((D := 1.0 - Xf[rows] @ R.T) >= lo) & (D < hi)
+        own = ref[np.searchsorted(ref, rows).clip(max=len(ref) - 1)] == rows
+        inside[own, np.searchsorted(ref, rows[own])] = False
+        return inside, own
+
+    share = np.zeros(n)
     for a in range(0, n, step):
         rows = np.arange(a, min(a + step, n))
-        inside = ((D := 1.0 - Xf[rows] @ R.T) >= lo) & (D < hi)
-        own = ref[np.searchsorted(ref, rows).clip(max=len(ref) - 1)] == rows  # the face itself is in the sample
-        inside[own, np.searchsorted(ref, rows[own])] = False
+        inside, own = inside_band(rows)
         share[rows] = inside.sum(axis=1) / (len(ref) - own)
-    return share <= float(max_share)
+    over = share > float(max_share)
+    out = np.zeros(n, dtype=bool)
+    for a in range(0, n, step):  # collective: most of its in-band neighbours are ambiguous too
+        rows = np.arange(a, min(a + step, n))
+        rows = rows[over[rows]]
+        if len(rows):
+            inside, _ = inside_band(rows)
+            out[rows] = (inside & over[ref]).sum(axis=1) > 0.5 * inside.sum(axis=1)
+    return ~out
 
 
 def neighbour_average(Z: np.ndarray, k: int) -> np.ndarray:

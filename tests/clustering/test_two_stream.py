@@ -49,6 +49,20 @@ def test_faces_that_separate_are_in_domain_collapsed_ones_are_not():
     assert face_in_domain(one, band, 0.35, 10).all()
 
 
+def test_look_alike_people_in_a_small_run_keep_their_faces():
+    """Two people, one photo of the first close to the second (every distance to the second inside the
+    band: its share 8/15) is a look-alike, not a collapse: its in-band neighbours are faces the
+    embedder places clearly, so every face counts."""
+    rng = np.random.default_rng(2)
+    a = unit(rng.normal(size=(1, 128)))[0]
+    b = on_sphere(rng, a, 1, 0.3)[0]
+    X = np.concatenate([on_sphere(rng, a, 7, 0.01), on_sphere(rng, b, 8, 0.01), on_sphere(rng, b, 1, 0.07)])
+    D = 1 - X @ X.T
+    share = ((D[-1, 7:15] >= 0.06) & (D[-1, 7:15] < 0.10)).mean()
+    assert share == 1.0  # that face alone looks out of domain
+    assert face_in_domain(X, (0.06, 0.10), 0.35, 10).all()
+
+
 def test_face_domain_needs_a_band_and_enough_faces():
     rng = np.random.default_rng(1)
     X = collapsed(rng, n=60)
