@@ -11,6 +11,7 @@ UNREADABLE = "unreadable"
 NO_FACE = "no_face"
 FACE_TOO_SMALL = "face_too_small"
 BLURRY = "blurry"
+FACE_OUT_OF_DOMAIN = "face_out_of_domain"  # the face embedder cannot place this face (a drawn face, a human-face model)
 CLUSTER_NOISE = "cluster_noise"
 
 
@@ -79,7 +80,7 @@ class ImageRecord:
     face_labels: dict[int, int] = field(default_factory=dict)  # face index -> cluster
     label: int = -1
     probability: float = 0.0
-    evidence: str | None = None  # what placed it in its identity: face | appearance | seed | track
+    evidence: str | None = None  # what placed it in its identity: face | appearance (whole instance) | seed | track
     evidence_score: float | None = None  # how strongly (face: cluster membership; appearance: similarity)
     links: dict[str, str] = field(default_factory=dict)  # seed name, video track, source frame (constraint sources)
 

@@ -4,15 +4,17 @@
 For each set and n, n images per identity (a fixed random draw, seed 0) are written to a
 seeds CSV (`relative_path,name`) and the pipeline runs with `seeds=` under each config:
 
-- `vote` (default config): face clustering with seeds as constraints, then faceless images
-  join by the kNN vote (seeded images are members that vote);
-- `propagate`: the same with appearance.method=propagate (LabelSpreading on the kNN graph);
+- `default`: the default config: face clustering with seeds as constraints, then the
+  whole-instance stream (instance=fused) over the images without a usable face, seeded
+  names as units that anchor their identity;
+- `appearance`: the same stream with the hand-made descriptor alone (instance=appearance);
 - `constrained`: detector=none embedder=appearance and agglomerative clustering, seeds as
   must-/cannot-links inside the clusterer (constrained clustering on appearance alone).
 
 Scores: BCubed over all images, and over the images that were not seeds. Writes JSON + Markdown.
 
   python scripts/bench_seeds.py --eval-root ../shared/eval --out benchmarks/seeds
+  python scripts/bench_seeds.py --override clusterer.min_cluster_size=3   # as eval_quality.py scores the drawn sets
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from _bench_common import markdown, write_outputs
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 CONFIGS = {
-    "vote": [],
-    "propagate": ["appearance.method=propagate"],
+    "default": [],
+    "appearance": ["instance=appearance"],
     "constrained": ["detector=none", "embedder=appearance", "clusterer=agglomerative", "clusterer.min_cluster_size=2"],
 }
 
@@ -62,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", dest="configs", help=f"one of {', '.join(CONFIGS)}")
     ap.add_argument("--cache-dir", type=Path, default=Path("benchmarks/out/cache"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/seeds"))
+    ap.add_argument("--override", action="append", default=[],
+                    help="extra override for every run, e.g. clusterer.min_cluster_size=3 (as eval_quality.py's sets)")
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="idcluster-seeds-") as tmp:
@@ -76,7 +80,7 @@ def main(argv=None) -> int:
                     w.writerow(["relative_path", "name"])
                     w.writerows(sorted(seeds.items()))
                 for cname in args.configs or list(CONFIGS):
-                    over = [f"input_dir={dest}", f"cache_dir={args.cache_dir}", "tracking=off", *CONFIGS[cname]]
+                    over = [f"input_dir={dest}", f"cache_dir={args.cache_dir}", "tracking=off", *args.override, *CONFIGS[cname]]
                     if n:
                         over.append(f"seeds={seed_file}")
                     t0 = time.perf_counter()

@@ -74,16 +74,22 @@ def enforce_cannot_link(Xn: np.ndarray, labels: np.ndarray, groups, keep: np.nda
     return labels
 
 
-def keep_compatible(order, cannot: dict[int, set[int]]) -> list[int]:
+def keep_compatible(order, cannot: dict[int, set[int]], exclusive: np.ndarray | None = None) -> list[int]:
     """Rows of `order` (best first) kept greedily: a row stays unless it is cannot-linked
-    (`cannot`, e.g. constraints.cannot_link_map) with a row already kept. For explicit
-    cannot-links between few rows; one group per row at any size is enforce_cannot_link."""
+    (`cannot`, e.g. constraints.cannot_link_map) with a row already kept, or it is one of the
+    `exclusive` rows (a mask: e.g. units holding faces) and one of them is kept already. For
+    explicit cannot-links between few rows; one group per row at any size is enforce_cannot_link."""
     kept: list[int] = []
     taken: set[int] = set()
+    exclusive_taken = False
     for r in order:
         r = int(r)
         if cannot.get(r, set()) & taken:
             continue
+        if exclusive is not None and exclusive[r]:
+            if exclusive_taken:
+                continue
+            exclusive_taken = True
         kept.append(r)
         taken.add(r)
     return kept

@@ -37,10 +37,10 @@ def _groups() -> tuple[str, ...]:
 
 # Options that change where/how fast a model runs, not its results: left out of cache keys.
 RUNTIME_KEYS = frozenset({"device", "threads", "batch_size", "memory", "backend", "model_dir"})
-# Facts about a component that other groups read by interpolation (an embedder's
-# calibrated `distance_threshold`), not constructor arguments.
-META_KEYS = frozenset({"distance_threshold"})
-META_GROUPS = frozenset({"embedder"})
+# Facts about a component that other groups read by interpolation (an embedder's or instance
+# model's calibrated thresholds, a face embedder's domain band), not constructor arguments.
+META_KEYS = frozenset({"distance_threshold", "grey_distance_threshold", "domain_band"})
+META_GROUPS = frozenset({"embedder", "instance"})
 # Config mappings whose keys are the user's (identity -> name): `export.names.identity_000=woody`
 # adds a key without Hydra's `+`, on the command line and in the project file.
 OPEN_MAPPINGS = ("export.names.",)

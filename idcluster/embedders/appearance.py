@@ -17,7 +17,7 @@ colour, clothes, accessories) more than by a face. The descriptor is:
 Blocks are weighted, concatenated and L2-normalised. No model, a few ms per
 image. `describe(rgb, mask)` is the pure function; the class is the embedder
 protocol (align = crop of the detected box, so with detector=none the whole
-image, and it also feeds the faceless-assignment stage, idcluster.evidence.appearance).
+image, and it also feeds the faceless-assignment stage, idcluster.evidence.instance).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..inputs.images import ImageDecodeError, load_image
 from ..records import Face
 
 VERSION = "appearance-v1"
+GREY_SHARE = 0.95  # an instance this much without colour counts as a grey image
 
 
 def foreground_mask(rgb: np.ndarray, tolerance: float = 12.0, min_border_share: float = 0.6) -> np.ndarray:
@@ -170,3 +171,24 @@ class AppearanceEmbedder:
         if not len(chips):
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self.describe(c, foreground_mask(c)) for c in chips])
+
+    # ---------------------------------------------------------------- as the instance stream (instance=appearance)
+
+    batch_size = 1  # no model: one image at a time
+
+    def load(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """The whole image and its foreground mask (alpha channel where present)."""
+        return load_instance(path)
+
+    def embed_instances(self, items: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        if not len(items):
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.describe(rgb, mask) for rgb, mask in items])
+
+    def run_space(self, V: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+        """The space a run clusters in: the unit vectors themselves (cosine)."""
+        return np.asarray(V, dtype=np.float64)
+
+    def grey(self, V: np.ndarray) -> np.ndarray:
+        """Which vectors describe an image without colour (their descriptor is texture only)."""
+        return np.array([self.grey_share(v) >= GREY_SHARE for v in V], dtype=bool)

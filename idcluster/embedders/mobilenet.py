@@ -130,6 +130,12 @@ class MobileNetEmbedder:
         X = np.concatenate(out).astype(np.float32)
         return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
+    embed_instances = embed  # as the instance stream (instance=mobilenet): items from load()
+
+    def run_space(self, V: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+        """The space a run clusters in: the unit vectors themselves (cosine)."""
+        return np.asarray(V, dtype=np.float64)
+
     def __getstate__(self):  # sessions do not pickle; rebuilt lazily in workers
         state = self.__dict__.copy()
         state["_session"] = None

@@ -6,7 +6,7 @@ matched to the input images by content (sha256), never by file name, so a
 seeds folder may live outside the input. Seeds of one name are must-linked,
 seeds of different names cannot-linked (a constraint source for every
 clusterer, idcluster.clustering.constraints); faceless seeds place their image directly
-(evidence `seed`, idcluster.evidence.appearance) and then vote like any member.
+(evidence `seed`, idcluster.evidence.instance) and then vote like any member.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ expression searched in the input's relative path (with `/`); its first group
 `frame_pattern='(.*)_inst\\d+'` or `track_pattern='track(\\d+)/'`. A path the
 pattern does not match has no frame/track. A constraint source for every
 clusterer (idcluster.clustering.constraints) and image-level links for the faceless stage
-(idcluster.evidence.appearance).
+(idcluster.evidence.instance).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from ..errors import ModelError
 # Offline choices to suggest when a downloadable model is missing.
 OFFLINE_EMBEDDERS = "embedder=dlib (default) or embedder=facenet"
 OFFLINE_DETECTORS = "detector=retinaface (default), detector=opencv or detector=none"
-# ... and for the whole-instance embedders (ccip, clip).
-OFFLINE_INSTANCE_EMBEDDERS = "embedder=appearance (offline, no model) or embedder=dlib"
+# ... and for the whole-instance models (ccip, clip).
+OFFLINE_INSTANCE_EMBEDDERS = "instance=fused (default), instance=mobilenet or instance=appearance, with embedder=dlib"
 
 INSIGHTFACE_URL = "https://github.com/deepinsight/insightface/releases/download/model-zoo/"
 # Files of the common packs, for messages only (routing is by model shape, as InsightFace does).

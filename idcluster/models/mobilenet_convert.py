@@ -190,7 +190,8 @@ def converted_onnx(weights: str | Path, dim: int = 320, cache_dir: Path | None =
     target = root / f"{file_sha256(weights)}-{dim}-c{CONVERTER_VERSION}.onnx"
     if target.is_file():
         return target
-    log.info("converting %s to ONNX (once) -> %s", weights.name, target)
+    # ~1 s, once per cache: no line for the user (a run whose error is one line stays one line).
+    log.debug("converting %s to ONNX (once) -> %s", weights.name, target)
     data = to_onnx(read_blocks(read_state_dict(weights)), dim)
     try:
         root.mkdir(parents=True, exist_ok=True)

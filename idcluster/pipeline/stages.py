@@ -60,11 +60,28 @@ class Spec:
     # Seeds, review decisions, video tracks/frames: each maps the records (rows
     # assigned) to Constraints over embedding rows; their union reaches the clusterer.
     constraint_sources: list[Callable[[list[ImageRecord]], Constraints]] = field(default_factory=list)
-    appearance: Any = None  # appearance.AppearanceAssigner: faceless images join identities after clustering
+    appearance: Any = None  # evidence.instance.InstanceStream: images without a usable face, after the faces
+    instance: Any = None  # the instance= model (conf/instance/): whole-instance vectors for that stream
+
+    @property
+    def faces_embedded(self) -> bool:
+        """Whether the face stream embeds faces (a whole-instance model in the embedder slot does not:
+        it describes whole images, in the instance stream)."""
+        return self.embedder is not None and not whole_instance(self.embedder)
+
+    @property
+    def instance_model(self) -> Any:
+        """The model of the whole-instance stream: embedder=ccip|clip where chosen, else instance=."""
+        return self.embedder if whole_instance(self.embedder) else self.instance
 
     def image_stages(self) -> ImageStages:
         """The per-image part, what runners execute (set-level estimators stay in the driver)."""
-        return ImageStages(self.detector, self.embedder, self.select, self.min_face_size)
+        return ImageStages(self.detector, self.embedder if self.faces_embedded else None, self.select, self.min_face_size)
+
+
+def whole_instance(model: Any) -> bool:
+    """A model of whole images (CCIP, CLIP): never given face crops."""
+    return bool(getattr(model, "whole_instance", False))
 
 
 @dataclass
@@ -77,6 +94,7 @@ class Result:
     computed: Counter = field(default_factory=Counter)  # what was computed (not read from cache)
     constraints: Constraints = field(default_factory=Constraints)  # what the clusterer was given
     clusterer_ran: dict = field(default_factory=dict)  # clustering.base.what_runs: the estimator that partitioned the faces
+    instance_model: str | None = None  # model id of the whole-instance stream, where it placed or described images
 
 
 def _run_items(spec: Spec, items: list[WorkItem], on_result, label: str) -> None:
@@ -102,7 +120,7 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
     Returns {(record index, face index): embedding}. Cache entries are written as
     each image finishes; with cached_only a missing entry raises CacheMiss.
     """
-    want_embed = spec.embedder is not None
+    want_embed = spec.faces_embedded
     det_id = [spec.detector.model_id, spec.params.get("detector", {})]
     emb_id = [spec.embedder.model_id, spec.params.get("embedder", {})] if want_embed else None
     dkeys: dict[int, str] = {}
@@ -180,8 +198,25 @@ def detect_and_embed(spec: Spec, records: list[ImageRecord], cache: StageCache, 
             if k == rec.face_index:
                 rec.reason = R.BLURRY
                 rec.detail = f"blur {blur:.1f} < faces.blur_threshold={spec.blur_threshold:g}"
+    if spec.appearance is not None and vectors:
+        _drop_faces_out_of_domain(spec, records, vectors)
     result.keys["embeddings"] = cache_key([ekeys[ik] for ik in sorted(vectors)])
     return vectors
+
+
+def _drop_faces_out_of_domain(spec: Spec, records: list[ImageRecord], vectors: dict) -> None:
+    """Faces the face embedder cannot place in this run (evidence.instance: a human-face model on
+    drawn faces) are no face evidence: their images take the whole-instance stream."""
+    order = sorted(vectors)
+    out = spec.appearance.faces_out_of_domain(np.stack([vectors[ik] for ik in order]))
+    for (i, k), drop in zip(order, out):
+        if not drop:
+            continue
+        del vectors[i, k]
+        rec = records[i]
+        if k == rec.face_index:
+            rec.reason = R.FACE_OUT_OF_DOMAIN
+            rec.detail = "the face embedder cannot place this face here (most of its distances to the run's faces are ambiguous)"
 
 
 def _fit_predict(clusterer, Z: np.ndarray, groups: np.ndarray, constraints: Constraints | None = None) -> np.ndarray:
@@ -298,7 +333,7 @@ def run(spec: Spec, until: str = "cluster", cached_only: bool = False) -> Result
         records[i].face_rows[k] = row
     for rec in records:
         rec.embedding_row = rec.face_rows.get(rec.face_index)
-    dim = getattr(spec.embedder, "dim", 0)
+    dim = getattr(spec.embedder, "dim", 0) if spec.faces_embedded else 0
     result.embeddings = np.stack([vectors[ik] for ik in order]).astype(np.float32) if order else np.zeros((0, dim), np.float32)
     result.groups = np.array([i for i, _ in order], dtype=np.int64)
     if until == "embed":
@@ -312,7 +347,11 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
     Re-entrant: a sweep calls it once per point on the same upstream result.
     """
     records = result.records
-    if not len(result.embeddings) and not getattr(spec.appearance, "enabled", False):
+    instance_on = bool(getattr(spec.appearance, "enabled", False))
+    if whole_instance(spec.embedder) and not instance_on:
+        raise ConfigError(f"embedder={spec.embedder.id_prefix} describes whole images in the instance stream: "
+                          "appearance.enabled=false leaves nothing to cluster")
+    if not len(result.embeddings) and not instance_on:
         raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")
     for rec in records:
         rec.label, rec.probability, rec.face_labels = -1, 0.0, {}
@@ -339,7 +378,7 @@ def cluster_stage(spec: Spec, result: Result, cached_only: bool = False) -> Resu
             rec.reason, rec.detail = R.CLUSTER_NOISE, "not close enough to any cluster"
         else:
             rec.evidence, rec.evidence_score = "face", round(rec.probability, 4)
-    if spec.appearance is not None:  # faceless images by appearance, seeds, tracks (idcluster.evidence.appearance)
+    if spec.appearance is not None:  # images without a usable face: seeds, tracks, the instance stream (evidence.instance)
         _appearance_stage(spec, result, cache, cached_only)
         if not len(result.embeddings) and all(r.label < 0 for r in records):
             raise InputError(f"no usable face found in any of the {len(records)} input images ({_reason_summary(records)})")
@@ -354,7 +393,10 @@ def _appearance_stage(spec: Spec, result: Result, cache: StageCache, cached_only
     for i, rec in enumerate(result.records):  # recorded in identity_clustering.json
         rec.links = {k: v for k, v in (("seed", links.names.get(i)), ("track", links.tracks.get(i)),
                                        ("frame", links.frames.get(i))) if v is not None}
-    spec.appearance.assign(result.records, links, cache, spec.progress, cached_only, result.computed)
+    model = spec.instance_model
+    used = spec.appearance.assign(result.records, links, cache, model, result.embeddings, spec.progress, cached_only,
+                                  result.computed)
+    result.instance_model = model.model_id if used else None
     result.timings["appearance"] = time.perf_counter() - t0
 
 

@@ -64,6 +64,13 @@ def make_spec(run: RunSettings, until: str, progress: bool = True, decisions: "D
     groups = STAGE_GROUPS[until]
     parts = {g: run.component(g) for g in groups}
     clustering = until == "cluster"
+    stream = run.component("appearance") if clustering else None
+    if stream is not None and pipeline.whole_instance(parts.get("embedder")):
+        # embedder=ccip|clip is the whole-instance model: its own thresholds, not those of instance='s model
+        # (null: the model's own decision, CCIP's from metrics.json).
+        chosen = run.choice("embedder")
+        stream.distance_threshold = chosen.get("distance_threshold")
+        stream.grey_distance_threshold = chosen.get("grey_distance_threshold")
     return pipeline.Spec(
         input_dir=run.input_dir,
         cache_dir=run.cache_dir,
@@ -80,7 +87,8 @@ def make_spec(run: RunSettings, until: str, progress: bool = True, decisions: "D
         progress=progress,
         runner=run.component("runner"),
         constraint_sources=constraint_sources(run, (decisions or Decisions.of(run)).journal) if clustering else [],
-        appearance=run.component("appearance") if clustering else None,
+        appearance=stream,
+        instance=run.component("instance") if clustering else None,
     )
 
 
@@ -149,6 +157,8 @@ def write_output(run: RunSettings, spec: pipeline.Spec, exporter, result: pipeli
     result.timings["export"] = time.perf_counter() - t0
     save_face_vectors(spec.cache_dir, result.keys["embeddings"], result.records, result.embeddings)
     models = {"detector": spec.detector.model_id, "embedder": spec.embedder.model_id}
+    if result.instance_model:  # the whole-instance stream described images
+        models["instance"] = result.instance_model
     report = build_report(result, run.config, models, spec.input_dir.resolve(), run.output_dir.resolve(), meta=meta,
                           next_number_after=next_before)
     report["metrics"] = run_metrics(run, result)

@@ -13,7 +13,7 @@ ALL_OPTIONS = [(g, o) for g in GROUPS for o in group_options(g)]
 
 def test_groups_have_options():
     # Every swappable part is a config group whose options name a class by _target_ (issue 16).
-    assert GROUPS == ("detector", "embedder", "reducer", "clusterer", "runner", "pose", "appearance", "export")
+    assert GROUPS == ("detector", "embedder", "reducer", "clusterer", "runner", "pose", "instance", "appearance", "export")
     for g in GROUPS:
         assert group_options(g), f"no options for {g}"
     assert {"retinaface"} <= set(group_options("detector"))

@@ -147,10 +147,10 @@ def test_bench_instance(tiny_eval_root, tmp_path):
 def test_bench_seeds(tiny_eval_root, tmp_path):
     out = tmp_path / "seeds"
     run_script("bench_seeds.py", "--eval-root", tiny_eval_root, "--set", SET, "--seeds", "0,1",
-               "--config", "vote", "--config", "constrained", "--cache-dir", tmp_path / "cache", "--out", out,
+               "--config", "default", "--config", "constrained", "--cache-dir", tmp_path / "cache", "--out", out,
                timeout=300)
     rows = read_outputs(out)
-    assert [(r["seeds_per_character"], r["config"]) for r in rows] == [(0, "vote"), (0, "constrained"), (1, "vote"), (1, "constrained")]
+    assert [(r["seeds_per_character"], r["config"]) for r in rows] == [(0, "default"), (0, "constrained"), (1, "default"), (1, "constrained")]
     assert all(in_unit(r["bcubed_f1_all"]) for r in rows)
 
 
