@@ -9,8 +9,8 @@ radius graph on dense data or HDBSCAN's brute-force tree):
    inverted file above `exact_max_rows` (faiss's k-means lists; each list compared
    with the faces that probe it in one BLAS product: the pairs faiss's IndexIVFFlat
    search finds), or faiss's HNSW graph (`index=hnsw`).
-2. Those pairs, symmetrised (i in j's list or j in i's; `mutual`: both), weighted by
-   similarity, form a sparse graph.
+2. Those pairs make an undirected sparse graph weighted by similarity: an edge where
+   i is in j's list and j in i's (`mutual`, the default) or either (mutual=false).
 3. Chinese Whispers on that graph (graph.chinese_whispers, vectorised: the one
    clusterer=chinese_whispers runs too). `method=components` gives connected
    components, `method=leiden` the Leiden algorithm (leidenalg, extra
@@ -195,14 +195,16 @@ class KNNGraph(FaceClusterer):
     `distance_threshold` is the embedder's calibrated cosine distance (as for the
     other clusterers): an edge joins two faces only when their similarity is at
     least 1 - distance_threshold. `k` neighbours per face bound memory to O(n k).
-    `mutual`: keep an edge only when each face is among the other's k (fewer
-    look-alike bridges between people; the default keeps it when either is).
+    `mutual` (default): an edge only where each face is among the other's k, so a
+    face with many look-alikes cannot bridge two people (synthetic dlib sets, BCubed
+    F1: the same at 10^3-10^4, 0.932 -> 0.956 at 10^5, 0.827 -> 0.887 at 10^6);
+    mutual=false: where either is.
     After fit, `timings_` holds the seconds of each step (train_s, assign_s,
     search_s: the neighbour search; graph_s; partition_s).
     """
 
     def __init__(self, distance_threshold=0.1, k=30, method="whispers", index="auto", exact_max_rows=50_000,
-                 nprobe=16, mutual=False, iterations=20, batches=8, resolution=0.5, min_cluster_size=2,
+                 nprobe=16, mutual=True, iterations=20, batches=8, resolution=0.5, min_cluster_size=2,
                  cannot_link_same_image=True, reassign_noise=None, random_state=0):
         self.distance_threshold = distance_threshold
         self.k = k
