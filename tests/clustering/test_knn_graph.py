@@ -65,7 +65,7 @@ def _brute_force_edges(X, k, min_similarity):
 @pytest.mark.parametrize("k, min_similarity", [(3, 0.9), (8, 0.95), (40, 0.0)])
 def test_exact_edges_are_each_rows_k_most_similar_above_the_threshold(k, min_similarity):
     X, _ = identities(n_ids=30, per_id=6, spread=0.05)
-    rows, cols, sims = neighbour_edges(X, k, min_similarity, "flat", block_cells=1000)  # several blocks
+    rows, cols, sims = neighbour_edges(X, k, min_similarity, "flat")
     assert _edge_set(rows, cols) == _brute_force_edges(X, k, min_similarity)
     assert np.allclose(sims, np.einsum("ij,ij->i", X[rows], X[cols]), atol=1e-5)
 
@@ -76,7 +76,7 @@ def test_at_most_k_edges_per_face_when_everyone_looks_alike(index):
     rng = np.random.default_rng(0)
     X = 1.0 + rng.normal(0, 0.001, (3000, 16))
     X /= np.linalg.norm(X, axis=1, keepdims=True)
-    rows, cols, _ = neighbour_edges(X, 5, 0.5, index, nprobe=4, block_cells=30_000)
+    rows, cols, _ = neighbour_edges(X, 5, 0.5, index, nprobe=4)
     assert (np.bincount(rows, minlength=len(X)) == 5).all() and (rows != cols).all()
 
 
