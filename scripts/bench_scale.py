@@ -45,9 +45,9 @@ import numpy as np
 from _bench_common import DEFAULT_EVAL_ROOT, OthersCpu, machine_info, markdown, missing_sets, write_outputs
 
 DEFAULT_SETS = ["lfw_150px_40ids", "orl_att_faces"]
-COLUMNS = [("n", "{}"), ("identities", "{}"), ("clusterer", "{}"), ("index", "{}"), ("seconds", "{:.1f}"),
+COLUMNS = [("n", "{}"), ("identities", "{}"), ("clusterer", "{}"), ("index", "{}"), ("variant", "{}"), ("seconds", "{:.1f}"),
            ("cpu_s", "{:.1f}"), ("peak_rss_mb", "{:.0f}"), ("bcubed_f1_truth", "{:.4f}"), ("bcubed_f1_vs_exact", "{:.4f}"),
-           ("clusters", "{}"), ("noise_share", "{:.3f}"), ("others_cpu", "{:.2f}")]
+           ("clusters", "{}"), ("noise_share", "{:.3f}"), ("others_cpu", "{:.2f}"), ("steps", "{}")]
 
 
 # ---------------------------------------------------------------- real embeddings
@@ -158,8 +158,11 @@ def _fit(queue, data_path: str, name: str, params: dict):
     labels = cls.fit_predict(X, groups=np.arange(len(X)))
     seconds = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    steps = {k: round(v, 2) for k, v in getattr(cls, "timings_", {}).items()}
+    if steps:  # the clusterer's own steps; the rest is normalising and the shared post-processing
+        steps["post_s"] = round(seconds - sum(steps.values()), 2)
     queue.put({"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "rss_before_fit_mb": base,
-               "cpu_s": usage.ru_utime + usage.ru_stime, "labels": labels})
+               "cpu_s": usage.ru_utime + usage.ru_stime, "steps": steps, "labels": labels})
 
 
 def measured_fit(data_path: str, name: str, params: dict, timeout: float) -> dict:
@@ -180,13 +183,26 @@ def measured_fit(data_path: str, name: str, params: dict, timeout: float) -> dic
     return out
 
 
-def bench_size(X: np.ndarray, y: np.ndarray, threshold: float, exact: bool, timeout: float, tmp: Path, k: int) -> list[dict]:
+def parse_variant(text: str) -> dict:
+    """`mutual=true,distance_threshold=0.06` -> knn_graph parameters (numbers and booleans parsed)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        low = value.strip().lower()
+        out[key.strip()] = True if low == "true" else False if low == "false" else json.loads(low) if low[:1].isdigit() or low[:1] in "-." else value
+    return out
+
+
+def bench_size(X: np.ndarray, y: np.ndarray, threshold: float, exact: bool, timeout: float, tmp: Path, k: int,
+               variants: list[str] = ()) -> list[dict]:
     from idcluster.experiments.metrics import bcubed_prf, noise_as_singletons
 
     path = tmp / f"data_{len(X)}.npz"
     np.savez(path, X=X)
     n = len(X)
     runs = [("knn_graph", "auto", {"distance_threshold": threshold, "k": k, "index": "auto"})]
+    runs += [("knn_graph", "auto", {"distance_threshold": threshold, "k": k, "index": "auto", **parse_variant(v)})
+             for v in variants]
     if exact and n > 50_000:
         runs.append(("knn_graph", "flat", {"distance_threshold": threshold, "k": k, "index": "flat"}))
     if exact and n <= 20_000:
@@ -194,15 +210,18 @@ def bench_size(X: np.ndarray, y: np.ndarray, threshold: float, exact: bool, time
     rows, exact_labels = [], None
     for name, index, params in runs:
         m = measured_fit(str(path), name, params, timeout)
+        changed = {k_: v for k_, v in params.items() if k_ not in ("distance_threshold", "k", "index") or
+                   (k_ == "distance_threshold" and v != threshold) or (k_ == "k" and v != k)}
         row = {"n": n, "identities": int(len(np.unique(y))), "clusterer": name,
                "index": ("flat" if n <= 50_000 else "ivf") if index == "auto" else index,
+               "variant": ",".join(f"{k_}={v}" for k_, v in changed.items()) or "-",
                **{k_: v for k_, v in m.items() if k_ != "labels"}}
         if m["status"] == "ok":
             labels = m["labels"]
             row["bcubed_f1_truth"] = bcubed_prf(y, labels)[2]
             row["clusters"] = int(len(np.unique(labels[labels >= 0])))
             row["noise_share"] = float((labels < 0).mean())
-            if row["index"] == "flat" and name == "knn_graph":
+            if row["index"] == "flat" and name == "knn_graph" and row["variant"] == "-":
                 exact_labels = labels
             row["_labels"] = labels
         rows.append(row)
@@ -268,6 +287,9 @@ def main(argv=None) -> int:
                     help="stage cache for the real embeddings (detect + embed run once)")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact reference fits")
     ap.add_argument("--k", type=int, default=30)
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE,...",
+                    help="also fit knn_graph with these parameters changed (repeatable), e.g. mutual=true "
+                         "or distance_threshold=0.06")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/bench_scale"))
     ap.add_argument("--quick", action="store_true", help="smoke test: a random stand-in for the real set, n=2000")
@@ -312,7 +334,8 @@ def main(argv=None) -> int:
             gen_s = time.perf_counter() - t0
             data["similarities"][str(n)] = similarity_quantiles(X, y)
             print(f"n={n}: generated in {gen_s:.1f} s; {json.dumps(data['similarities'][str(n)])}", flush=True)
-            data["results"].extend(bench_size(X, y, threshold, not args.no_exact, args.timeout, Path(tmp), args.k))
+            data["results"].extend(bench_size(X, y, threshold, not args.no_exact, args.timeout, Path(tmp), args.k,
+                                              args.variant))
             del X, y
     data["loadavg_end"] = os.getloadavg()
     sim = ["| set | same-identity sim (5/25/50/75/95%) | nearest other identity sim |", "|---|---|---|"]

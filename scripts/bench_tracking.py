@@ -138,7 +138,10 @@ def profile(out_dir: Path, db: Path, tmp: Path) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", type=Path, help="any image folder (default: LFW 40 ids of the eval root)")
+    ap.add_argument("--input", type=Path, help="any image folder (default: --sets of the eval root)")
+    ap.add_argument("--sets", nargs="+", default=["lfw_150px_40ids"],
+                    help="eval sets linked as the input (issue 19's warm/cold goal: lfw_150px_40ids "
+                         "lfw_150px_distractor_singletons)")
     ap.add_argument("--eval-root", type=Path, default=DEFAULT_EVAL_ROOT)
     ap.add_argument("--pairs", type=int, default=3, help="warm runs per setting (alternating)")
     ap.add_argument("--profile", action="store_true", help="also time each step of in-process logging")
@@ -150,15 +153,16 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         input_dir = args.input
         if input_dir is None:
-            if not (args.eval_root / "lfw_150px_40ids").is_dir():
-                print(f"eval set not found under {args.eval_root} (pass --input)", file=sys.stderr)
+            if not all((args.eval_root / s).is_dir() for s in args.sets):
+                print(f"eval sets {' '.join(args.sets)} not all found under {args.eval_root} (pass --input)", file=sys.stderr)
                 return 2
-            link_input(args.eval_root, ["lfw_150px_40ids"], tmp / "input")
+            link_input(args.eval_root, args.sets, tmp / "input")
             input_dir = tmp / "input"
         db = tmp / "mlflow.db"
         base = [f"input_dir={input_dir}", f"cache_dir={tmp / 'cache'}", "clusterer.min_cluster_size=3",
                 f"tracking_uri=sqlite:///{db}"]
-        timed(idcluster_cmd(*base, f"output_dir={tmp / 'cold'}", "tracking=on"), tmp, db, True)  # fills cache and store
+        cold = timed(idcluster_cmd(*base, f"output_dir={tmp / 'cold'}", "tracking=on"), tmp, db, True)  # fills cache and store
+        print(f"cold (tracking on): {json.dumps(cold)}", flush=True)
         if args.profile:
             steps = profile(tmp / "cold", db, tmp)
             print(markdown(steps, PROFILE_COLUMNS), flush=True)
@@ -176,11 +180,16 @@ def main(argv=None) -> int:
 
     summary = [{"tracking": t, "runs": sum(r["tracking"] == t for r in rows), **{f"median_{k}": med(t, k) for k in
                ("to_result_s", "to_exit_s", "to_visible_s", "to_logged_s")}} for t in ("off", "on")]
+    warm_on = summary[1]["median_to_exit_s"]
+    cold_ratio = {"cold_to_exit_s": cold["to_exit_s"], "warm_on_to_exit_s": warm_on,
+                  "warm_on_over_cold": warm_on / cold["to_exit_s"] if warm_on else None}
     data = {"machine": machine_info(), "load_before": load, "load_after": os.getloadavg(),
-            "input": str(args.input or "lfw_150px_40ids"), "profile": steps, "rows": rows, "summary": summary}
+            "input": str(args.input or " + ".join(args.sets)), "profile": steps, "cold": cold,
+            "warm_vs_cold": cold_ratio, "rows": rows, "summary": summary}
     tables = ["# Warm `idcluster cluster`: tracking off vs on\n",
               f"Load average before / after: {' '.join(f'{v:.2f}' for v in load)} / "
-              f"{' '.join(f'{v:.2f}' for v in data['load_after'])}\n", markdown(summary, SUMMARY), markdown(rows, COLUMNS)]
+              f"{' '.join(f'{v:.2f}' for v in data['load_after'])}\n", markdown(summary, SUMMARY), markdown(rows, COLUMNS),
+              markdown([cold_ratio], [(k, "{:.2f}") for k in cold_ratio])]
     if steps:
         tables += ["## Logging one run in-process (before the detached logger), per step\n", markdown(steps, PROFILE_COLUMNS)]
     write_outputs(args.out, data, tables)

@@ -25,23 +25,34 @@ def chinese_whispers(graph: csr_matrix, iterations: int = 20, batches: int = 8, 
     neighbours (ties: the smaller label); isolated nodes keep their own. Nodes are
     updated in `batches` random batches per round (near-asynchronous, as in Biemann's
     algorithm, so cliques do not oscillate), each batch one sparse vote (vote.tally).
+
+    Only nodes with a neighbour whose label changed since their own last vote are
+    voted again: the others would vote for the label they hold. Same labels as voting
+    every node every round, at a fraction of the work once most nodes have settled
+    (at 10^6 faces most rounds touch a few percent of them).
     """
     n = graph.shape[0]
     labels = np.arange(n)
     indptr, indices, data = graph.indptr, graph.indices, graph.data
+    degree = np.diff(indptr)
+    stale = degree > 0  # a neighbour's label changed since this node last voted (isolated nodes never vote)
     rng = np.random.default_rng(seed)
     for _ in range(iterations):
         changed = 0
         for batch in np.array_split(rng.permutation(n), max(1, batches)):
-            lens = indptr[batch + 1] - indptr[batch]
-            batch, lens = batch[lens > 0], lens[lens > 0]
+            batch = batch[stale[batch]]
             if not len(batch):
                 continue
+            stale[batch] = False
+            lens = degree[batch]
             entries = _ranges(indptr[batch], lens)
             local = np.repeat(np.arange(len(batch)), lens)
             new = tally(local, labels[indices[entries]], data[entries], len(batch)).label
-            changed += int((labels[batch] != new).sum())
+            moved = labels[batch] != new
             labels[batch] = new
+            moved = batch[moved]
+            changed += len(moved)
+            stale[indices[_ranges(indptr[moved], degree[moved])]] = True
         if not changed:
             break
     return np.unique(labels, return_inverse=True)[1].ravel()

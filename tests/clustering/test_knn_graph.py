@@ -10,7 +10,7 @@ import pytest
 from idcluster.clustering.base import centres, enforce_cannot_link, reassign_noise, relabel_by_size, what_runs
 from idcluster.clustering.clusterers import HDBSCAN, ChineseWhispers
 from idcluster.clustering.graph import chinese_whispers
-from idcluster.clustering.knn_graph import KNNGraph, nearest_neighbours, similarity_graph
+from idcluster.clustering.knn_graph import KNNGraph, list_centres, nearest_neighbours, neighbour_edges, similarity_graph
 from idcluster.experiments.metrics import bcubed_prf
 
 
@@ -39,13 +39,137 @@ def test_exact_knn_matches_brute_force_neighbours():
 
 def test_graph_keeps_only_edges_above_the_threshold_and_is_symmetric():
     X, _ = identities(n_ids=20, per_id=5)
-    sims, idx = nearest_neighbours(X, 8, "flat")
-    g = similarity_graph(sims, idx, 0.9)
+    g = similarity_graph(*neighbour_edges(X, 8, 0.9, "flat"), len(X))
     assert (g != g.T).nnz == 0
     assert g.diagonal().sum() == 0
     assert (g.data >= 0.9).all()
     rows, cols = g.nonzero()
     assert np.allclose(g.data, np.einsum("ij,ij->i", X[rows], X[cols]), atol=1e-5)
+
+
+def _edge_set(rows, cols):
+    return set(zip(rows.tolist(), cols.tolist()))
+
+
+def _brute_force_edges(X, k, min_similarity):
+    """Each row's k most similar other rows at least min_similarity similar (ties: the smaller column)."""
+    S = (X.astype(np.float32) @ X.astype(np.float32).T)
+    np.fill_diagonal(S, -np.inf)
+    out = set()
+    for i, row in enumerate(S):
+        order = np.lexsort((np.arange(len(row)), -row))
+        out |= {(i, int(j)) for j in order[:k] if row[j] >= np.float32(min_similarity)}
+    return out
+
+
+@pytest.mark.parametrize("k, min_similarity", [(3, 0.9), (8, 0.95), (40, 0.0)])
+def test_exact_edges_are_each_rows_k_most_similar_above_the_threshold(k, min_similarity):
+    X, _ = identities(n_ids=30, per_id=6, spread=0.05)
+    rows, cols, sims = neighbour_edges(X, k, min_similarity, "flat")
+    assert _edge_set(rows, cols) == _brute_force_edges(X, k, min_similarity)
+    assert np.allclose(sims, np.einsum("ij,ij->i", X[rows], X[cols]), atol=1e-5)
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_at_most_k_edges_per_face_when_everyone_looks_alike(index):
+    """The search keeps k per face as it goes: memory stays n k when every pair is above the threshold."""
+    rng = np.random.default_rng(0)
+    X = 1.0 + rng.normal(0, 0.001, (3000, 16))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    rows, cols, _ = neighbour_edges(X, 5, 0.5, index, nprobe=4)
+    assert (np.bincount(rows, minlength=len(X)) == 5).all() and (rows != cols).all()
+
+
+def test_ivf_edges_are_faiss_ivf_search_edges():
+    """One BLAS product per inverted list finds what faiss's IndexIVFFlat search over the same
+    lists finds: each face's k most similar (above the threshold) among the nprobe probed lists."""
+    import faiss
+
+    X, _ = identities(n_ids=400, per_id=6, spread=0.06)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    k, min_similarity, nprobe = 10, 0.8, 3
+    centres = list_centres(X, seed=0)
+    quantizer = faiss.IndexFlatIP(X.shape[1])
+    quantizer.add(centres)
+    ivf = faiss.IndexIVFFlat(quantizer, X.shape[1], len(centres), faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True
+    ivf.add(X)
+    ivf.nprobe = nprobe
+    sims, idx = ivf.search(X, k + 1)
+    expected = {(i, int(j)) for i in range(len(X)) for s, j in zip(sims[i], idx[i])
+                if j >= 0 and j != i and s >= np.float32(min_similarity)}
+    rows, cols, _ = neighbour_edges(X, k, min_similarity, "ivf", nprobe=nprobe, seed=0)
+    found = _edge_set(rows, cols)
+    # faiss keeps k + 1 (the face itself among them), so a face that is not in its own
+    # probed lists can get one extra neighbour there; ties at the k-th place may differ.
+    assert len(found ^ expected) <= 0.001 * len(expected)
+    assert len(found) > 3 * len(X)
+
+
+def test_ivf_probing_every_list_is_exact():
+    X, _ = identities(n_ids=200, per_id=6, spread=0.06)
+    rows, cols, _ = neighbour_edges(X, 10, 0.8, "ivf", nprobe=10_000)
+    assert _edge_set(rows, cols) == _brute_force_edges(X, 10, 0.8)
+
+
+def test_mutual_graph_keeps_only_pairs_in_both_lists():
+    X, _ = identities(n_ids=40, per_id=8, spread=0.06)
+    rows, cols, sims = neighbour_edges(X, 3, 0.5, "flat")
+    pairs = _edge_set(rows, cols)
+    either = similarity_graph(rows, cols, sims, len(X))
+    both = similarity_graph(rows, cols, sims, len(X), mutual=True)
+    assert _edge_set(*both.nonzero()) == {(i, j) for i, j in pairs if (j, i) in pairs}
+    assert _edge_set(*either.nonzero()) == pairs | {(j, i) for i, j in pairs}
+    assert (both != both.T).nnz == 0 and both.nnz < either.nnz
+
+
+def test_knn_graph_records_the_seconds_of_each_step():
+    X, _ = identities(n_ids=50, per_id=4)
+    est = KNNGraph(distance_threshold=0.2, k=10, index="ivf", exact_max_rows=10)
+    est.fit_predict(X)
+    assert set(est.timings_) == {"train_s", "assign_s", "search_s", "top_k_s", "graph_s", "partition_s"}
+
+
+def _whispers_voting_every_node(graph, iterations=20, batches=8, seed=0):
+    """graph.chinese_whispers before it skipped settled nodes: every node with a neighbour votes every round."""
+    from idcluster.clustering.graph import _ranges
+    from idcluster.clustering.vote import tally
+
+    n = graph.shape[0]
+    labels = np.arange(n)
+    indptr, indices, data = graph.indptr, graph.indices, graph.data
+    rng = np.random.default_rng(seed)
+    for _ in range(iterations):
+        changed = 0
+        for batch in np.array_split(rng.permutation(n), max(1, batches)):
+            lens = indptr[batch + 1] - indptr[batch]
+            batch, lens = batch[lens > 0], lens[lens > 0]
+            if not len(batch):
+                continue
+            entries = _ranges(indptr[batch], lens)
+            local = np.repeat(np.arange(len(batch)), lens)
+            new = tally(local, labels[indices[entries]], data[entries], len(batch)).label
+            changed += int((labels[batch] != new).sum())
+            labels[batch] = new
+        if not changed:
+            break
+    return np.unique(labels, return_inverse=True)[1].ravel()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_whispers_skipping_settled_nodes_gives_the_same_labels(seed):
+    from scipy.sparse import random as sparse_random
+
+    X, _ = identities(n_ids=150, per_id=8, spread=0.08, seed=seed)
+    faces = similarity_graph(*neighbour_edges(X, 15, 0.6, "flat"), len(X))
+    noisy = sparse_random(600, 600, density=0.01, random_state=seed, format="csr")  # many rounds to settle
+    noisy = (noisy + noisy.T).tocsr()
+    noisy.setdiag(0)
+    noisy.eliminate_zeros()
+    for g in (faces, noisy):
+        for batches in (1, 8):
+            assert (chinese_whispers(g, batches=batches, seed=seed)
+                    == _whispers_voting_every_node(g, batches=batches, seed=seed)).all()
 
 
 def _per_node_whispers(graph, iterations=20, seed=0):

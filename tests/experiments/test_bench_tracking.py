@@ -32,3 +32,6 @@ def test_bench_tracking_reports_exit_and_appearance(demo_set, tmp_path):
     assert off["tracking"] == "off" and off["to_visible_s"] is None and off["to_exit_s"] >= off["to_result_s"] > 0
     assert on["tracking"] == "on" and on["to_visible_s"] is not None and on["to_logged_s"] >= on["to_visible_s"]
     assert {s["step"] for s in data["profile"]} >= {"import mlflow", "process total (incl. exit)"}
+    ratio = data["warm_vs_cold"]  # the goal: warm with tracking on <= 0.25 of cold
+    assert ratio["cold_to_exit_s"] == data["cold"]["to_exit_s"] > 0 and ratio["warm_on_to_exit_s"] == on["to_exit_s"]
+    assert ratio["warm_on_over_cold"] == on["to_exit_s"] / data["cold"]["to_exit_s"]
