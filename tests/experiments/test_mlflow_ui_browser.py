@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,25 +23,14 @@ import pytest
 
 from idcluster.experiments import mlflow_link
 from idcluster.experiments.run_spool import spool_root, wait_idle
+from tests.browser import headless_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture
 def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("needs chromium and chromedriver on PATH: apt-get install -y chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,800"):
-        opts.add_argument(a)
-    opts.binary_location = CHROMIUM
-    driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
+    driver = headless_chromium("1280,800")
     yield driver
     driver.quit()
 

@@ -20,27 +20,15 @@ import pytest
 from idcluster.export.report import JSON_NAME
 from idcluster.evidence import decisions as D
 
+from tests.browser import headless_chromium
 from tests.review.test_review import assert_consistent, clustered, disk_state  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
 
 @pytest.fixture
 def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("needs chromium and chromedriver on PATH: apt-get install -y chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        opts.add_argument(a)
-    opts.binary_location = CHROMIUM
-    driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
-    driver.implicitly_wait(0)
+    driver = headless_chromium("1280,900")
     yield driver
     driver.quit()
 
