@@ -9,9 +9,10 @@
   similarity to that cluster's centre is at least this value (None = off).
 - constraints (idcluster.clustering.constraints) applied the same way for all.
 
-Also here (from `centres`): `centres()`, THE cluster centre (unit mean of the members' vectors)
-that every consumer shares; `relabel_by_size()`, and `what_runs()`, the record
-of which estimator produced a partition with which parameters.
+Also here: `relabel_by_size()` and `what_runs()`, the record of which estimator
+produced a partition with which parameters; and, re-exported from `centres.py` (kept
+free of scikit-learn for the review page), `centres()`, THE cluster centre (unit mean
+of the members' vectors) that every consumer shares.
 """
 
 from __future__ import annotations
