@@ -25,7 +25,6 @@ that shape.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from ..cache.store import default_cache_dir
 from ..errors import ModelError
+from .onnx_build import GraphBuilder, write_converted
 from .weights import file_sha256
 
 log = logging.getLogger(__name__)
@@ -245,25 +245,10 @@ def shapes(net: DlibNet) -> list[tuple[int, int, int]]:
 
 def to_onnx(net: DlibNet) -> bytes:
     """An ONNX graph equal to the dlib net: uint8 RGB chips [N, H, W, 3] -> descriptors [N, 128]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes, inits = [], []
-    count = [0]
-
-    def name(prefix: str) -> str:
-        count[0] += 1
-        return f"{prefix}{count[0]}"
-
-    def const(arr: np.ndarray, prefix: str) -> str:
-        n = name(prefix)
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), n))
-        return n
-
-    def node(op: str, inputs: list[str], **attrs) -> str:
-        out = name(op.lower())
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
+    g = GraphBuilder()
+    const, node, nodes = g.const, g.node, g.nodes
 
     # dlib's input layer: planar RGB, (pixel - mean) / 256
     x = node("Cast", ["chips"], to=TensorProto.FLOAT)
@@ -311,16 +296,12 @@ def to_onnx(net: DlibNet) -> bytes:
         shape = after
     nodes[-1].output[0] = "descriptors"
     dim = net.layers[-1].w.shape[1]
-    graph = helper.make_graph(
-        nodes, "dlib_face_recognition_resnet",
+    return g.serialise(
+        "dlib_face_recognition_resnet",
         [helper.make_tensor_value_info("chips", TensorProto.UINT8, ["n", net.size, net.size, 3])],
         [helper.make_tensor_value_info("descriptors", TensorProto.FLOAT, ["n", dim])],
-        inits,
+        "idcluster.dlib_dnn",
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="idcluster.dlib_dnn")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def converted_onnx(dat_path: str | Path, cache_dir: Path | None = None) -> Path:
@@ -334,15 +315,7 @@ def converted_onnx(dat_path: str | Path, cache_dir: Path | None = None) -> Path:
     if target.is_file():
         return target
     log.info("converting %s to ONNX (once) -> %s", dat_path.name, target)
-    data = to_onnx(read_net(dat_path))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    except OSError as e:
-        raise ModelError(f"cannot write the converted dlib model to {root} ({e}); set IDCLUSTER_CACHE to a writable folder") from None
-    return target
+    return write_converted(target, to_onnx(read_net(dat_path)), "dlib model")
 
 
 # ---------------------------------------------------------------- torch (GPU path without onnxruntime-gpu)

@@ -19,7 +19,6 @@ normalised: the embedder L2-normalises.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..cache.store import default_cache_dir
 from ..errors import ModelError
+from .onnx_build import GraphBuilder, write_converted
 from .torch_state import read_state_dict
 from .weights import file_sha256
 
@@ -125,27 +125,15 @@ def read_blocks(state: dict[str, np.ndarray]) -> list[Block]:
 
 def to_onnx(blocks: list[Block], dim: int = 320) -> bytes:
     """The ONNX graph: uint8 RGB images [N, 224, 224, 3] -> `features` [N, dim] (mean-pooled, not normalised)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if dim not in LAYERS:
         raise ModelError(f"MobileNetV2 layer must be one of {', '.join(map(str, LAYERS))}, got {dim!r}")
-    nodes, inits = [], []
-    count = [0]
-
-    def name(prefix: str) -> str:
-        count[0] += 1
-        return f"{prefix}{count[0]}"
+    g = GraphBuilder()
+    node = g.node
 
     def const(arr, prefix: str) -> str:
-        n = name(prefix)
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), n))
-        return n
-
-    def node(op: str, inputs: list[str], **attrs) -> str:
-        out = name(op.lower())
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
+        return g.const(arr, prefix, np.float32)
 
     x = node("Cast", ["images"], to=TensorProto.FLOAT)
     x = node("Transpose", [x], perm=[0, 3, 1, 2])
@@ -164,17 +152,13 @@ def to_onnx(blocks: list[Block], dim: int = 320) -> bytes:
         if block.residual:
             x = node("Add", [skip, x])
     x = node("GlobalAveragePool", [x])
-    nodes.append(helper.make_node("Flatten", [x], ["features"], axis=1))
-    graph = helper.make_graph(
-        nodes, f"mobilenet_v2_{dim}",
+    g.nodes.append(helper.make_node("Flatten", [x], ["features"], axis=1))
+    return g.serialise(
+        f"mobilenet_v2_{dim}",
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", INPUT_SIZE, INPUT_SIZE, 3])],
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", dim])],
-        inits,
+        "idcluster.mobilenet_convert",
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="idcluster.mobilenet_convert")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def converted_onnx(weights: str | Path, dim: int = 320, cache_dir: Path | None = None) -> Path:
@@ -192,12 +176,4 @@ def converted_onnx(weights: str | Path, dim: int = 320, cache_dir: Path | None =
         return target
     # ~1 s, once per cache: no line for the user (a run whose error is one line stays one line).
     log.debug("converting %s to ONNX (once) -> %s", weights.name, target)
-    data = to_onnx(read_blocks(read_state_dict(weights)), dim)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    except OSError as e:
-        raise ModelError(f"cannot write the converted MobileNetV2 to {root} ({e}); set IDCLUSTER_CACHE to a writable folder") from None
-    return target
+    return write_converted(target, to_onnx(read_blocks(read_state_dict(weights)), dim), "MobileNetV2")
