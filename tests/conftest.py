@@ -36,13 +36,20 @@ def small_set(demo_set, tmp_path) -> tuple[Path, dict[str, str]]:
     """A private copy of 3 augmentations x 7 people (21 images): tests may add files to it."""
     src, truth = demo_set
     dest = tmp_path / "small"
-    dest.mkdir()
-    keep = []
-    for identity in sorted(set(truth.values())):
-        keep += [n for n in sorted(truth) if truth[n] == identity][:3]
-    for name in keep:
-        shutil.copy2(src / name, dest / name)
-    return dest, {n: truth[n] for n in keep}
+    return dest, copy_demo_images(src, truth, dest, lambda pos, _: pos < 3)
+
+
+def copy_demo_images(src: Path, truth: dict[str, str], dest: Path, keep) -> dict[str, str]:
+    """Copy into a new folder `dest` the images of `src` chosen by keep(position within its person,
+    person's index), both in sorted order; returns the truth of those copied."""
+    dest.mkdir(parents=True)
+    chosen = {}
+    for n_id, identity in enumerate(sorted(set(truth.values()))):
+        for pos, name in enumerate(sorted(n for n in truth if truth[n] == identity)):
+            if keep(pos, n_id):
+                shutil.copy2(src / name, dest / name)
+                chosen[name] = identity
+    return chosen
 
 
 def cluster_demo_subset(demo_set, root: Path, per_identity: int = 3) -> tuple[Path, Path]:
@@ -55,10 +62,7 @@ def cluster_demo_subset(demo_set, root: Path, per_identity: int = 3) -> tuple[Pa
 
     src, truth = demo_set
     folder = root / "in"
-    folder.mkdir()
-    for identity in sorted(set(truth.values())):
-        for n in [n for n in sorted(truth) if truth[n] == identity][:per_identity]:
-            shutil.copy2(src / n, folder / n)
+    copy_demo_images(src, truth, folder, lambda pos, _: pos < per_identity)
     out = root / "out"
     r = CliRunner().invoke(app, ["cluster", f"input_dir={folder}", f"output_dir={out}", f"cache_dir={root / 'cache'}",
                                  "clusterer.min_cluster_size=3", "tracking=off", "-q"])

@@ -20,7 +20,7 @@ from idcluster.export.identities import identities
 from idcluster.export.report import FORMAT_VERSION, JSON_NAME, read_report
 from idcluster.review.store import ReviewStore
 
-from tests.conftest import cluster_demo_subset
+from tests.conftest import cluster_demo_subset, copy_demo_images
 from tests.review.test_review import assert_consistent
 
 
@@ -28,17 +28,6 @@ def cli(*args, code: int = 0) -> str:
     r = CliRunner().invoke(app, [str(a) for a in args])
     assert r.exit_code == code, r.output
     return r.output
-
-
-def _copy(src: Path, truth: dict, dest: Path, keep) -> dict:
-    dest.mkdir(parents=True)
-    chosen = {}
-    for n_id, identity in enumerate(sorted(set(truth.values()))):
-        for pos, name in enumerate(sorted(n for n in truth if truth[n] == identity)):
-            if keep(pos, n_id):
-                shutil.copy2(src / name, dest / name)
-                chosen[name] = identity
-    return chosen
 
 
 def person_of(store: ReviewStore, truth: dict) -> dict[str, int]:
@@ -63,8 +52,8 @@ def assert_files_match(out: Path, report: dict) -> None:
 
 def test_cluster_review_add_pose_then_every_consumer_agrees(demo_set, tmp_path):
     src, truth = demo_set
-    first = _copy(src, truth, tmp_path / "first", lambda pos, n_id: pos < 3 and n_id < 6)
-    second = _copy(src, truth, tmp_path / "second", lambda pos, n_id: (pos == 3 and n_id < 6) or (n_id == 6 and pos < 4))
+    first = copy_demo_images(src, truth, tmp_path / "first", lambda pos, n_id: pos < 3 and n_id < 6)
+    second = copy_demo_images(src, truth, tmp_path / "second", lambda pos, n_id: (pos == 3 and n_id < 6) or (n_id == 6 and pos < 4))
     truth = {**first, **second}
     out = tmp_path / "out"
     common = [f"output_dir={out}", "tracking=off", "clusterer.min_cluster_size=3", "workers=1", "-q"]

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from idcluster.pipeline import stages as pipeline
-from idcluster.workflows.cluster import make_spec
 from idcluster.cli import app
-from idcluster.config.compose import load_config
 from idcluster.experiments.evaluation import link_sets
 from idcluster.export.report import JSON_NAME
 from idcluster.workflows.add import assign
 from idcluster.experiments.metrics import bcubed_prf
 
-
-def _split(src: Path, truth: dict, dest: Path, keep) -> dict:
-    """Copy the images chosen by keep(position within identity, identity index) into dest."""
-    dest.mkdir(parents=True)
-    chosen = {}
-    for n_id, identity in enumerate(sorted(set(truth.values()))):
-        for pos, name in enumerate(sorted(n for n in truth if truth[n] == identity)):
-            if keep(pos, n_id):
-                shutil.copy2(src / name, dest / name)
-                chosen[name] = identity
-    return chosen
+from tests.conftest import copy_demo_images
 
 
 def _cli(*args):
@@ -40,9 +25,9 @@ def _cli(*args):
 
 def test_add_joins_existing_identities_and_keeps_reviewer_fields(demo_set, tmp_path):
     src, truth = demo_set
-    first = _split(src, truth, tmp_path / "first", lambda pos, n_id: pos < 3 and n_id < 6)
+    first = copy_demo_images(src, truth, tmp_path / "first", lambda pos, n_id: pos < 3 and n_id < 6)
     # New: one more photo of each of the 6 known people, and 4 photos of a seventh.
-    second = _split(src, truth, tmp_path / "second", lambda pos, n_id: (3 <= pos < 4 and n_id < 6) or (n_id == 6 and pos < 4))
+    second = copy_demo_images(src, truth, tmp_path / "second", lambda pos, n_id: (3 <= pos < 4 and n_id < 6) or (n_id == 6 and pos < 4))
     out = tmp_path / "out"
     common = [f"output_dir={out}", "tracking=off", "clusterer.min_cluster_size=3", "workers=1", "--quiet"]
     _cli("cluster", f"input_dir={tmp_path / 'first'}", *common)
