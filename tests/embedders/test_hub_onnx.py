@@ -13,6 +13,7 @@ with Xenova/clip-vit-base-patch32's preprocessor_config.json), independently of 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -249,15 +250,21 @@ def test_metrics_files_are_optional_for_embedding_and_named_when_missing(charact
         emb.threshold
 
 
+def hf_snapshot(cache: Path, repo_folder: str, commit: str) -> Path:
+    """The snapshot folder of `repo_folder` in a Hugging Face hub cache, refs/main naming `commit`
+    (the layout huggingface_hub writes), for the test to fill."""
+    repo = cache / repo_folder
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
 def test_ccip_from_the_hugging_face_cache(characters, tmp_path, monkeypatch):
     """The local store is the real Hugging Face cache layout (refs/main -> snapshots/<commit>/...)."""
     folder, paths = characters
     cache = tmp_path / "hub"
-    repo = cache / "models--deepghs--ccip_onnx"
-    commit = "1" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    ccip_folder(repo / "snapshots" / commit)
+    snapshot = hf_snapshot(cache, "models--deepghs--ccip_onnx", "1" * 40)
+    ccip_folder(snapshot)
     import huggingface_hub.constants as hc
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
@@ -275,11 +282,8 @@ def test_clip_matches_the_reference_preprocessing(characters, tmp_path, monkeypa
     the resize (int(), not round()) and of the centre crop."""
     folder, paths = characters
     cache = tmp_path / "hub"
-    repo = cache / "models--Xenova--clip-vit-base-patch32"
-    commit = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    tiny_feature_model(repo / "snapshots" / commit / "onnx" / "vision_model.onnx", 224, "pixel_values", "image_embeds")
+    snapshot = hf_snapshot(cache, "models--Xenova--clip-vit-base-patch32", "0" * 40)
+    tiny_feature_model(snapshot / "onnx" / "vision_model.onnx", 224, "pixel_values", "image_embeds")
     import huggingface_hub.constants as hc
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))

@@ -18,27 +18,14 @@ from typer.testing import CliRunner
 from idcluster.cli import app
 from idcluster.export.kohya_config import DATASET_CONFIG, bucket_bounds, plan, toml_text
 
-from tests.conftest import cluster_demo_subset
 from tests.export import kohya_rules as kohya
+from tests.export.test_kohya import clustered, out  # noqa: F401 (fixtures: 21 real crops of 7 people, clustered once)
 
 runner = CliRunner()
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def clustered(demo_set, tmp_path_factory):
-    """21 real crops of 7 people, clustered once; tests copy the output folder."""
-    return cluster_demo_subset(demo_set, tmp_path_factory.mktemp("kohyaload"))
-
-
-@pytest.fixture
-def out(clustered, tmp_path):
-    dst = tmp_path / "out"
-    shutil.copytree(clustered[1], dst)
-    return dst
 
 
 def export(out, dest, *extra):
